@@ -1,0 +1,159 @@
+//! The log as history: checkpoints, earlier versions, catching up, pruning; and the
+//! notification helpers that go with the log.
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+
+use super::{doc_name, field_name};
+use crate::error::{required, CollabError, OrRaise, Result};
+use crate::storage::{self, DocRow};
+use crate::{cache, merge, notify};
+
+fn seq_in_range(row: &DocRow, seq: i64) -> Result<()> {
+    if seq < 0 || seq > row.head_seq {
+        return Err(CollabError::OutOfRange(format!(
+            "sequence {seq} is out of range: document \"{}\" is at {}",
+            row.name, row.head_seq
+        )));
+    }
+    Ok(())
+}
+
+/// The document as it was right after update `seq` (0: empty).
+fn doc_at(name: &str, seq: i64) -> Result<yrs::Doc> {
+    let Some(row) = storage::find(name)? else {
+        return if seq == 0 {
+            Ok(merge::new_doc())
+        } else {
+            Err(CollabError::OutOfRange(format!(
+                "sequence {seq} is out of range: document \"{name}\" has no updates"
+            )))
+        };
+    };
+    seq_in_range(&row, seq)?;
+    storage::load_at(&row, seq)
+}
+
+/// Writes a checkpoint of the current document and returns its sequence.
+#[pg_extern]
+fn compact(doc: Option<&str>) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let Some(mut row) = storage::lock(name, false)? else {
+            return Ok(0);
+        };
+        if row.checkpoint_seq == row.head_seq {
+            return Ok(row.head_seq);
+        }
+        let entry = storage::open(&row)?;
+        let state = merge::state(&entry.doc);
+        let head = row.head_seq;
+        storage::write_checkpoint(&mut row, head, &state)?;
+        cache::put(entry);
+        Ok(head)
+    })()
+    .or_raise()
+}
+
+/// The document as of sequence `seq`, as one Yjs v1 update.
+#[pg_extern(stable)]
+fn state_at(doc: Option<&str>, seq: Option<i64>) -> Vec<u8> {
+    (|| {
+        let name = doc_name(doc)?;
+        let seq = required(seq, "seq")?;
+        Ok(merge::state(&doc_at(name, seq)?))
+    })()
+    .or_raise()
+}
+
+/// The text of `field` as of sequence `seq`.
+#[pg_extern(stable)]
+fn text_at(
+    doc: Option<&str>,
+    seq: Option<i64>,
+    field: default!(Option<&str>, "'content'"),
+) -> String {
+    (|| {
+        let name = doc_name(doc)?;
+        let seq = required(seq, "seq")?;
+        let field = field_name(field)?;
+        merge::read_text(&doc_at(name, seq)?, name, field)
+    })()
+    .or_raise()
+}
+
+/// Log rows after sequence `seq`, for listeners catching up. If `seq` lies in pruned history
+/// the first row is the checkpoint at the history floor (origin 'checkpoint').
+#[pg_extern(stable)]
+fn updates_since(
+    doc: Option<&str>,
+    seq: Option<i64>,
+) -> TableIterator<
+    'static,
+    (
+        name!(seq, i64),
+        name!(update, Vec<u8>),
+        name!(origin, Option<String>),
+        name!(created_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let rows = (|| {
+        let name = doc_name(doc)?;
+        let seq = required(seq, "seq")?;
+        match storage::find(name)? {
+            None => Ok(Vec::new()),
+            Some(row) => storage::rows_since(&row, seq),
+        }
+    })()
+    .or_raise();
+    TableIterator::new(
+        rows.into_iter()
+            .map(|r| (r.seq, r.update, r.origin, r.created_at)),
+    )
+}
+
+/// Drops log rows and checkpoints older than `before`, keeping a checkpoint where history is
+/// cut. Returns the number of log rows deleted.
+#[pg_extern]
+fn prune(doc: Option<&str>, before: Option<TimestampWithTimeZone>) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let before = required(before, "before")?;
+        match storage::lock(name, false)? {
+            None => Ok(0),
+            Some(mut row) => storage::prune(&mut row, before),
+        }
+    })()
+    .or_raise()
+}
+
+/// Sends an ephemeral message (e.g. awareness) to every listener of `doc`; stores nothing.
+#[pg_extern]
+fn broadcast(doc: Option<&str>, payload: Option<&[u8]>, origin: default!(Option<&str>, "NULL")) {
+    (|| {
+        let name = doc_name(doc)?;
+        let payload = required(payload, "payload")?;
+        let text = notify::broadcast_payload(name, payload, origin)?;
+        Spi::run_with_args(
+            "SELECT pg_notify($1, $2)",
+            &[notify::CHANNEL.into(), text.as_str().into()],
+        )
+        .map_err(|e| CollabError::Internal(e.to_string()))
+    })()
+    .or_raise()
+}
+
+/// Internal, for the NOTIFY trigger: the payload for a batch of log rows. Without `name` and
+/// `updates` it answers only from the writer's stash (NULL when there is none).
+#[pg_extern]
+fn _notify_payload(
+    doc_id: i64,
+    seq_from: i64,
+    seq_to: i64,
+    origin: Option<&str>,
+    name: Option<&str>,
+    updates: Option<Array<&[u8]>>,
+) -> Option<String> {
+    let updates: Option<Vec<&[u8]>> = updates.as_ref().map(|a| a.iter().flatten().collect());
+    notify::payload_for(doc_id, name, seq_from, seq_to, origin, updates.as_deref())
+}

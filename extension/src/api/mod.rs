@@ -1,0 +1,81 @@
+//! The SQL surface: thin `#[pg_extern]` wrappers that check arguments, run the operation and
+//! raise errors with their SQLSTATE. Each function is documented with `COMMENT ON` in
+//! `sql/comments.sql`.
+
+mod history;
+mod read;
+mod write;
+
+use yrs::Doc;
+
+use crate::cache;
+use crate::error::{required, CollabError, Result};
+use crate::merge;
+use crate::storage;
+
+/// A non-NULL, valid document name.
+fn doc_name(doc: Option<&str>) -> Result<&str> {
+    let name = required(doc, "document name")?;
+    merge::validate_name(name)?;
+    Ok(name)
+}
+
+fn field_name(field: Option<&str>) -> Result<&str> {
+    let field = required(field, "field")?;
+    merge::validate_field(field)?;
+    Ok(field)
+}
+
+/// Whether a cached document is still sound after an operation failed with `e`: argument
+/// errors leave it untouched, anything that may have happened inside yrs does not.
+fn still_sound(e: &CollabError) -> bool {
+    matches!(
+        e,
+        CollabError::OutOfRange(_) | CollabError::WrongType { .. } | CollabError::InvalidField(_)
+    )
+}
+
+/// Runs `f` on the current committed (or this transaction's) document. A document that was
+/// never written reads as empty, as a fresh Yjs room does.
+fn read<T>(name: &str, f: impl FnOnce(&Doc) -> Result<T>) -> Result<T> {
+    let Some(row) = storage::find(name)? else {
+        return f(&merge::new_doc());
+    };
+    let entry = storage::open(&row)?;
+    let out = f(&entry.doc);
+    if out.as_ref().err().is_none_or(still_sound) {
+        cache::put(entry);
+    }
+    out
+}
+
+/// Runs an edit on the locked document; the update it returns is appended (and notified).
+/// Returns the document's head sequence afterwards.
+fn write(
+    name: &str,
+    origin: Option<&str>,
+    f: impl FnOnce(&Doc) -> Result<Option<Vec<u8>>>,
+) -> Result<i64> {
+    let mut row = storage::lock(name, true)?
+        .ok_or_else(|| CollabError::Internal("document row vanished".into()))?;
+    let mut entry = storage::open(&row)?;
+    let update = match f(&entry.doc) {
+        Ok(Some(update)) => update,
+        Ok(None) => {
+            cache::put(entry);
+            return Ok(row.head_seq);
+        }
+        Err(e) => {
+            if still_sound(&e) {
+                cache::put(entry);
+            }
+            return Err(e);
+        }
+    };
+    entry.dirty = true;
+    let seq = storage::append(&mut row, &[update], origin)?;
+    entry.seq = seq;
+    storage::maybe_compact(&mut row, &entry)?;
+    cache::put(entry);
+    Ok(seq)
+}

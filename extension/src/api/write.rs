@@ -1,0 +1,144 @@
+//! Writes: Yjs updates from clients, and text edits made in SQL.
+
+use pgrx::prelude::*;
+
+use super::{doc_name, field_name, write};
+use crate::error::{required, CollabError, OrRaise, Result};
+use crate::{cache, guc, merge, storage};
+
+/// Validates, integrates and appends a batch under one lock, one sequence range and one
+/// notification. Returns the last sequence assigned.
+fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64> {
+    let limit = guc::max_update_bytes();
+    let batch = updates.len() > 1;
+    let decoded = updates
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            merge::decode_update(u, limit).map_err(|e| match e {
+                CollabError::MalformedUpdate(m) if batch => {
+                    CollabError::MalformedUpdate(format!("updates[{}]: {m}", i + 1))
+                }
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut row = storage::lock(name, true)?
+        .ok_or_else(|| CollabError::Internal("document row vanished".into()))?;
+    let mut entry = storage::open(&row)?;
+    // The update must integrate into the current document before it is stored: one that
+    // makes yrs fail would otherwise make the document unreadable for everyone.
+    merge::integrate(&entry.doc, decoded, name)?;
+    entry.dirty = true;
+    let seq = storage::append(&mut row, &updates, origin)?;
+    entry.seq = seq;
+    storage::maybe_compact(&mut row, &entry)?;
+    cache::put(entry);
+    Ok(seq)
+}
+
+/// Appends one Yjs v1 update to document `doc` (created on first write); returns its sequence.
+#[pg_extern]
+fn apply_update(
+    doc: Option<&str>,
+    update: Option<&[u8]>,
+    origin: default!(Option<&str>, "NULL"),
+) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let update = required(update, "update")?;
+        apply(name, vec![update.to_vec()], origin)
+    })()
+    .or_raise()
+}
+
+/// Appends a batch of updates with one lock, one sequence range and one notification; returns
+/// the last sequence assigned (the first is that minus the batch length, plus one).
+#[pg_extern]
+fn apply_updates(
+    doc: Option<&str>,
+    updates: Option<Array<&[u8]>>,
+    origin: default!(Option<&str>, "NULL"),
+) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let updates = required(updates, "updates")?;
+        let mut batch = Vec::with_capacity(updates.len());
+        for (i, u) in updates.iter().enumerate() {
+            let u = u.ok_or_else(|| {
+                CollabError::Null(if i == 0 {
+                    "updates[1]"
+                } else {
+                    "an element of updates"
+                })
+            })?;
+            batch.push(u.to_vec());
+        }
+        if batch.is_empty() {
+            return Err(CollabError::OutOfRange(
+                "updates must hold at least one update".into(),
+            ));
+        }
+        apply(name, batch, origin)
+    })()
+    .or_raise()
+}
+
+/// Inserts `value` at character `position` (0-based, counted like `length()`) of text field
+/// `field`. Returns the document's head sequence.
+#[pg_extern]
+fn insert_text(
+    doc: Option<&str>,
+    field: Option<&str>,
+    position: Option<i32>,
+    value: Option<&str>,
+) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let field = field_name(field)?;
+        let position = required(position, "position")?;
+        let value = required(value, "text")?;
+        write(name, None, |d| {
+            merge::insert_text(d, name, field, i64::from(position), value)
+        })
+    })()
+    .or_raise()
+}
+
+/// Deletes `length` characters from character `position` of text field `field`.
+#[pg_extern]
+fn delete_text(
+    doc: Option<&str>,
+    field: Option<&str>,
+    position: Option<i32>,
+    length: Option<i32>,
+) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let field = field_name(field)?;
+        let position = required(position, "position")?;
+        let length = required(length, "length")?;
+        write(name, None, |d| {
+            merge::delete_text(d, name, field, i64::from(position), i64::from(length))
+        })
+    })()
+    .or_raise()
+}
+
+/// Makes text field `field` read `new_text`, writing only the difference.
+#[pg_extern]
+fn set_text(doc: Option<&str>, field: Option<&str>, new_text: Option<&str>) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let field = field_name(field)?;
+        let new_text = required(new_text, "new_text")?;
+        write(name, None, |d| merge::set_text(d, name, field, new_text))
+    })()
+    .or_raise()
+}
+
+/// Deletes a document, its log and its checkpoints. Returns whether it existed.
+#[pg_extern]
+fn delete_document(doc: Option<&str>) -> bool {
+    (|| storage::delete(doc_name(doc)?))().or_raise()
+}

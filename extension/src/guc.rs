@@ -1,0 +1,53 @@
+//! Settings (`collab.*` GUCs): limits and the compaction and cache policies.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static MAX_UPDATE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(4 * 1024 * 1024);
+pub static COMPACT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+pub static CACHE_DOCUMENTS: GucSetting<i32> = GucSetting::<i32>::new(32);
+
+pub fn register() {
+    GucRegistry::define_int_guc(
+        c"collab.max_update_bytes",
+        c"Largest Yjs update accepted by collab.apply_update(s), in bytes.",
+        c"Bigger updates are refused with SQLSTATE 54000 and nothing is stored.",
+        &MAX_UPDATE_BYTES,
+        16,
+        1024 * 1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"collab.compact_threshold",
+        c"Uncompacted log bytes after which a write also writes a checkpoint (0: never).",
+        c"A checkpoint is the merged document as of a sequence; reads start from the latest one, \
+so the work a cold read does stays bounded while the log itself is kept as history.",
+        &COMPACT_THRESHOLD,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"collab.cache_documents",
+        c"How many decoded documents each backend keeps in memory (0: none).",
+        c"A cached document makes reads and edits cost the change, not the document size.",
+        &CACHE_DOCUMENTS,
+        0,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+pub fn max_update_bytes() -> usize {
+    MAX_UPDATE_BYTES.get().max(0) as usize
+}
+
+pub fn compact_threshold() -> i64 {
+    i64::from(COMPACT_THRESHOLD.get())
+}
+
+pub fn cache_documents() -> usize {
+    CACHE_DOCUMENTS.get().max(0) as usize
+}

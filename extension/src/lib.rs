@@ -1,0 +1,42 @@
+//! pg_collab: collaborative (Yjs) documents stored, validated and merged inside PostgreSQL.
+//!
+//! Layout: `api` holds the SQL surface (thin `#[pg_extern]` wrappers); `merge` the pure yrs
+//! logic; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
+//! `notify` the NOTIFY payloads; `guc` the settings; `error` the SQLSTATE mapping.
+
+use pgrx::prelude::*;
+
+mod api;
+mod cache;
+mod error;
+mod guc;
+mod merge;
+mod notify;
+mod storage;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+::pgrx::pg_module_magic!(name, version);
+
+// Tables, the NOTIFY trigger and grants come first; the generated functions go after them.
+pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+// COMMENT ON needs the functions to exist, so it runs last.
+pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::register();
+    cache::register_callbacks();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

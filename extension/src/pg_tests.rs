@@ -1,0 +1,602 @@
+//! `#[pg_test]`s: every SQL function, its error cases (by SQLSTATE), randomized and mutated
+//! input, and real editing traces replayed through SQL.
+
+#[pgrx::pg_schema]
+mod tests {
+
+    use pgrx::datum::DatumWithOid;
+    use pgrx::prelude::*;
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|| panic!("{sql}: NULL"))
+    }
+
+    fn one_with<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> T {
+        Spi::get_one_with_args::<T>(sql, args)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|| panic!("{sql}: NULL"))
+    }
+
+    /// Runs `sql` in a subtransaction and returns its SQLSTATE ('ok' when it succeeded): the
+    /// error paths are checked without ending the test's transaction, and the backend is seen to
+    /// carry on after each of them.
+    fn sqlstate(sql: &str) -> String {
+        Spi::run(
+            "CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS \
+             $$ BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        )
+        .expect("helper");
+        one_with::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()])
+    }
+
+    fn apply(doc: &str, update: &[u8]) -> i64 {
+        one_with::<i64>(
+            "SELECT collab.apply_update($1, $2)",
+            &[doc.into(), update.into()],
+        )
+    }
+
+    fn text_of(doc: &str) -> String {
+        one_with::<String>("SELECT collab.text($1)", &[doc.into()])
+    }
+
+    fn count(sql: &str) -> i64 {
+        one::<i64>(sql)
+    }
+
+    /// A yrs peer, like a browser tab holding the document.
+    struct Peer {
+        doc: yrs::Doc,
+    }
+
+    impl Peer {
+        fn new(client: u64) -> Self {
+            Peer {
+                doc: yrs::Doc::with_options(yrs::Options {
+                    client_id: yrs::block::ClientID::new(client),
+                    offset_kind: yrs::OffsetKind::Utf16,
+                    ..Default::default()
+                }),
+            }
+        }
+        fn insert(&self, at: u32, s: &str) -> Vec<u8> {
+            let text = self.doc.get_or_insert_text("content");
+            let mut txn = self.doc.transact_mut();
+            text.insert(&mut txn, at, s);
+            txn.encode_update_v1()
+        }
+        fn receive(&self, update: &[u8]) {
+            let u = yrs::Update::decode_v1(update).expect("decodes");
+            self.doc.transact_mut().apply_update(u).expect("applies");
+        }
+        fn text(&self) -> String {
+            let text = self.doc.get_or_insert_text("content");
+            let txn = self.doc.transact();
+            text.get_string(&txn)
+        }
+        fn state_vector(&self) -> Vec<u8> {
+            use yrs::updates::encoder::Encode;
+            self.doc.transact().state_vector().encode_v1()
+        }
+    }
+
+    #[pg_test]
+    fn apply_update_assigns_per_document_sequences() {
+        let p = Peer::new(1);
+        assert_eq!(apply("a", &p.insert(0, "hello")), 1);
+        assert_eq!(apply("a", &p.insert(5, " world")), 2);
+        assert_eq!(apply("b", &Peer::new(2).insert(0, "other")), 1);
+        assert_eq!(text_of("a"), "hello world");
+        assert_eq!(
+            count("SELECT head_seq FROM collab.documents WHERE name = 'a'"),
+            2
+        );
+        assert_eq!(count("SELECT count(*) FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id WHERE d.name = 'a'"), 2);
+        let origin: String = one("SELECT origin FROM collab.updates WHERE seq = 1 AND origin IS NOT NULL UNION ALL SELECT 'none' LIMIT 1");
+        assert_eq!(origin, "none");
+        apply_with_origin();
+    }
+
+    fn apply_with_origin() {
+        let u = Peer::new(3).insert(0, "x");
+        let seq = one_with::<i64>(
+            "SELECT collab.apply_update('c', $1, 'bridge-1/conn-7')",
+            &[u.as_slice().into()],
+        );
+        assert_eq!(seq, 1);
+        let origin: String = one("SELECT u.origin FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id WHERE d.name = 'c'");
+        assert_eq!(origin, "bridge-1/conn-7");
+    }
+
+    #[pg_test]
+    fn apply_updates_is_one_batch_with_one_sequence_range() {
+        let p = Peer::new(1);
+        let batch: Vec<Vec<u8>> = (0..10).map(|i| p.insert(i, "x")).collect();
+        let last = one_with::<i64>(
+            "SELECT collab.apply_updates('batch', $1, 'o')",
+            &[batch.clone().into()],
+        );
+        assert_eq!(last, 10);
+        assert_eq!(text_of("batch"), "xxxxxxxxxx");
+        assert_eq!(
+            count("SELECT count(*) FROM collab.updates WHERE origin = 'o'"),
+            10
+        );
+        // A bad element refuses the whole batch.
+        let mut bad = batch.clone();
+        bad.push(vec![0xff, 0xfe, 0xfd]);
+        let q = format!(
+            "SELECT collab.apply_updates('batch', ARRAY[{}]::bytea[])",
+            bad.iter()
+                .map(|u| format!("'\\x{}'", hex(u)))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(sqlstate(&q), "22P03");
+        assert_eq!(
+            count("SELECT head_seq FROM collab.documents WHERE name = 'batch'"),
+            10
+        );
+        assert_eq!(
+            sqlstate("SELECT collab.apply_updates('batch', '{}'::bytea[])"),
+            "22003"
+        );
+        assert_eq!(
+            sqlstate("SELECT collab.apply_updates('batch', ARRAY[NULL]::bytea[])"),
+            "22004"
+        );
+    }
+
+    #[pg_test]
+    fn bad_input_is_a_clean_error_and_stores_nothing() {
+        let good = hex(&Peer::new(1).insert(0, "ok"));
+        let cases = [
+            ("SELECT collab.apply_update(NULL, '\\x00')", "22004"),
+            ("SELECT collab.apply_update('d', NULL)", "22004"),
+            ("SELECT collab.apply_update('', '\\x0000')", "22023"),
+            (
+                &format!("SELECT collab.apply_update(repeat('x', 256), '\\x{good}')"),
+                "22023",
+            ),
+            (
+                "SELECT collab.apply_update(E'new\\nline', '\\x0000')",
+                "22023",
+            ),
+            ("SELECT collab.apply_update('d', '\\x')", "22P03"),
+            ("SELECT collab.apply_update('d', '\\xffffffff')", "22P03"),
+            ("SELECT collab.apply_update('d', '\\x01')", "22P03"),
+            ("SELECT collab.text('d', NULL)", "22004"),
+            ("SELECT collab.text('d', '')", "22023"),
+            ("SELECT collab.diff('d', '\\xffff')", "22P03"),
+            ("SELECT collab.diff('d', NULL)", "22004"),
+            (
+                "SELECT collab.insert_text('d', 'content', -1, 'x')",
+                "22003",
+            ),
+            ("SELECT collab.insert_text('d', 'content', 1, 'x')", "22003"),
+            (
+                "SELECT collab.insert_text('d', 'content', NULL, 'x')",
+                "22004",
+            ),
+            ("SELECT collab.delete_text('d', 'content', 0, 1)", "22003"),
+            ("SELECT collab.delete_text('d', 'content', 0, -1)", "22003"),
+            ("SELECT collab.state_at('d', 5)", "22003"),
+            ("SELECT collab.state_at('d', -1)", "22003"),
+            (
+                "SELECT collab.broadcast('d', decode(repeat('ab', 7000), 'hex'))",
+                "54000",
+            ),
+        ];
+        for (sql, code) in cases {
+            assert_eq!(sqlstate(sql), code, "{sql}");
+        }
+        Spi::run("SET LOCAL collab.max_update_bytes = 16").expect("set");
+        let big = hex(&Peer::new(2).insert(0, &"y".repeat(100)));
+        assert_eq!(
+            sqlstate(&format!("SELECT collab.apply_update('d', '\\x{big}')")),
+            "54000"
+        );
+        Spi::run("RESET collab.max_update_bytes").expect("reset");
+        // Nothing was stored by any of those, and the backend carries on.
+        assert_eq!(count("SELECT count(*) FROM collab.updates"), 0);
+        assert_eq!(
+            apply("d", &Peer::new(1).insert(0, "ok")),
+            1,
+            "backend still serves writes"
+        );
+        assert_eq!(text_of("d"), "ok");
+    }
+
+    #[pg_test]
+    fn updates_with_missing_dependencies_are_kept_until_they_integrate() {
+        let p = Peer::new(1);
+        let first = p.insert(0, "ab");
+        let second = p.insert(2, "cd");
+        assert_eq!(apply("pending", &second), 1);
+        assert_eq!(text_of("pending"), "");
+        // The pending struct is part of the stored state, not dropped.
+        let state: Vec<u8> = one("SELECT collab.state('pending')");
+        let q = Peer::new(9);
+        q.receive(&state);
+        q.receive(&first);
+        assert_eq!(q.text(), "abcd");
+        assert_eq!(apply("pending", &first), 2);
+        assert_eq!(text_of("pending"), "abcd");
+    }
+
+    #[pg_test]
+    fn reads_of_state_vector_and_diff_serve_sync() {
+        let a = Peer::new(1);
+        apply("sync", &a.insert(0, "hello"));
+        let b = Peer::new(2);
+        b.receive(&one_with::<Vec<u8>>(
+            "SELECT collab.diff('sync', $1)",
+            &[b.state_vector().as_slice().into()],
+        ));
+        assert_eq!(b.text(), "hello");
+        apply("sync", &a.insert(5, "!"));
+        let d: Vec<u8> = one_with(
+            "SELECT collab.diff('sync', $1)",
+            &[b.state_vector().as_slice().into()],
+        );
+        let full: Vec<u8> = one("SELECT collab.state('sync')");
+        assert!(d.len() < full.len(), "diff carries only what is missing");
+        b.receive(&d);
+        assert_eq!(b.text(), "hello!");
+        let sv: Vec<u8> = one("SELECT collab.state_vector('sync')");
+        let sv = StateVector::decode_v1(&sv).expect("sv");
+        assert_eq!(sv.get(&yrs::block::ClientID::new(1)), 6);
+        // An unknown document is empty, like a fresh Yjs room.
+        let empty: Vec<u8> = one("SELECT collab.state('never-written')");
+        assert_eq!(empty, vec![0, 0]);
+        assert_eq!(text_of("never-written"), "");
+    }
+
+    #[pg_test]
+    fn to_json_shows_every_root_type() {
+        let p = Peer::new(1);
+        let meta = p.doc.get_or_insert_map("meta");
+        let update = {
+            use yrs::Map;
+            let mut txn = p.doc.transact_mut();
+            meta.insert(&mut txn, "title", "Notes");
+            txn.encode_update_v1()
+        };
+        apply("json", &update);
+        apply("json", &p.insert(0, "body"));
+        let json: pgrx::JsonB = one("SELECT collab.to_json('json')");
+        assert_eq!(
+            json.0,
+            serde_json::json!({"content": "body", "meta": {"title": "Notes"}})
+        );
+        assert_eq!(sqlstate("SELECT collab.text('json', 'meta')"), "42809");
+        assert_eq!(
+            sqlstate("SELECT collab.insert_text('json', 'meta', 0, 'x')"),
+            "42809"
+        );
+    }
+
+    #[pg_test]
+    fn sql_text_edits_are_yjs_updates_counted_in_characters() {
+        assert_eq!(
+            one::<i64>("SELECT collab.insert_text('e', 'content', 0, 'héllo 😀 world')"),
+            1
+        );
+        assert_eq!(
+            one::<i64>("SELECT collab.insert_text('e', 'content', 8, 'big ')"),
+            2
+        );
+        assert_eq!(text_of("e"), "héllo 😀 big world");
+        assert_eq!(
+            one::<i32>("SELECT length(collab.text('e'))"),
+            17,
+            "positions agree with length()"
+        );
+        one::<i64>("SELECT collab.delete_text('e', 'content', 6, 2)");
+        assert_eq!(text_of("e"), "héllo big world");
+        one::<i64>("SELECT collab.set_text('e', 'content', 'hello big wide world')");
+        assert_eq!(text_of("e"), "hello big wide world");
+        let head: i64 = one("SELECT collab.set_text('e', 'content', 'hello big wide world')");
+        assert_eq!(head, 4, "an unchanged text writes nothing");
+        // Every edit is a stored, decodable Yjs update that replays to the same text.
+        let p = Peer::new(7);
+        Spi::connect(|c| {
+            let rows = c
+                .select("SELECT update FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id WHERE d.name = 'e' ORDER BY seq", None, &[])
+                .expect("select");
+            for r in rows {
+                let u: Vec<u8> = r.get(1).expect("get").expect("not null");
+                p.receive(&u);
+            }
+        });
+        assert_eq!(p.text(), "hello big wide world");
+        one::<i64>("SELECT collab.insert_text('e', 'title', 0, 'Title')");
+        assert_eq!(one::<String>("SELECT collab.text('e', 'title')"), "Title");
+    }
+
+    #[pg_test]
+    fn sql_edits_and_concurrent_peers_converge() {
+        let a = Peer::new(1);
+        let b = Peer::new(2);
+        apply("conv", &a.insert(0, "The fox"));
+        b.receive(&one::<Vec<u8>>("SELECT collab.state('conv')"));
+        // Concurrently: a types at the end, b at the start, SQL rewrites the middle word.
+        let ua = a.insert(7, " jumps");
+        let ub = b.insert(0, ">> ");
+        one::<i64>("SELECT collab.set_text('conv', 'content', 'The quick fox')");
+        apply("conv", &ub);
+        apply("conv", &ua);
+        for peer in [&a, &b] {
+            let d: Vec<u8> = one_with(
+                "SELECT collab.diff('conv', $1)",
+                &[peer.state_vector().as_slice().into()],
+            );
+            peer.receive(&d);
+        }
+        let server = text_of("conv");
+        assert_eq!(server, ">> The quick fox jumps");
+        assert_eq!(a.text(), server);
+        assert_eq!(b.text(), server);
+    }
+
+    #[pg_test]
+    fn compaction_history_and_pruning() {
+        let p = Peer::new(1);
+        for (i, word) in ["one", " two", " three", " four"].iter().enumerate() {
+            let at = p.text().chars().count() as u32;
+            assert_eq!(apply("hist", &p.insert(at, word)), i as i64 + 1);
+        }
+        assert_eq!(one::<i64>("SELECT collab.compact('hist')"), 4);
+        assert_eq!(
+            one::<i64>("SELECT checkpoint_seq FROM collab.documents WHERE name = 'hist'"),
+            4
+        );
+        apply("hist", &p.insert(18, " five"));
+        assert_eq!(one::<String>("SELECT collab.text_at('hist', 2)"), "one two");
+        assert_eq!(one::<String>("SELECT collab.text_at('hist', 0)"), "");
+        assert_eq!(
+            one::<String>("SELECT collab.text_at('hist', 5)"),
+            text_of("hist")
+        );
+        let q = Peer::new(2);
+        q.receive(&one::<Vec<u8>>("SELECT collab.state_at('hist', 3)"));
+        assert_eq!(q.text(), "one two three");
+        // The log is kept: all five rows are still there.
+        assert_eq!(
+            count("SELECT count(*) FROM collab.updates_since('hist', 0)"),
+            5
+        );
+        assert_eq!(
+            count("SELECT min(seq) FROM collab.updates_since('hist', 3)"),
+            4
+        );
+        // Prune everything written before now + 1 minute: history is cut at the head, with a
+        // checkpoint there so the current document stays whole.
+        let deleted: i64 = one("SELECT collab.prune('hist', now() + interval '1 minute')");
+        assert_eq!(deleted, 5);
+        assert_eq!(text_of("hist"), "one two three four five");
+        assert_eq!(sqlstate("SELECT collab.state_at('hist', 2)"), "55000");
+        let since: Vec<(i64, Option<String>)> = Spi::connect(|c| {
+            c.select(
+                "SELECT seq, origin FROM collab.updates_since('hist', 0)",
+                None,
+                &[],
+            )
+            .expect("select")
+            .map(|r| (r.get(1).expect("g").expect("n"), r.get(2).expect("g")))
+            .collect()
+        });
+        assert_eq!(since, vec![(5, Some("checkpoint".to_string()))]);
+        apply("hist", &p.insert(0, ">"));
+        assert_eq!(text_of("hist"), ">one two three four five");
+        assert_eq!(
+            one::<String>("SELECT collab.text_at('hist', 6)"),
+            ">one two three four five"
+        );
+    }
+
+    #[pg_test]
+    fn automatic_compaction_bounds_the_uncompacted_tail() {
+        Spi::run("SET LOCAL collab.compact_threshold = 200").expect("set");
+        let p = Peer::new(1);
+        for i in 0..100u32 {
+            apply("auto", &p.insert(i, "z"));
+        }
+        let (cp, tail): (i64, i64) = Spi::get_two::<i64, i64>(
+            "SELECT checkpoint_seq, tail_bytes FROM collab.documents WHERE name = 'auto'",
+        )
+        .map(|(a, b)| (a.expect("cp"), b.expect("tail")))
+        .expect("row");
+        assert!(cp > 50, "checkpoints were written (latest at {cp})");
+        assert!(tail < 200 + 64, "tail {tail} stays near the threshold");
+        assert!(count("SELECT count(*) FROM collab.checkpoints") >= 5);
+        // A cold rebuild (checkpoint + tail) equals the live document.
+        assert_eq!(
+            one::<String>("SELECT collab.text_at('auto', 100)"),
+            "z".repeat(100)
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM collab.updates"),
+            100,
+            "log kept as history"
+        );
+    }
+
+    #[pg_test]
+    fn a_rolled_back_write_leaves_no_trace_in_the_backend_cache() {
+        apply("rb", &Peer::new(1).insert(0, "kept"));
+        assert_eq!(text_of("rb"), "kept");
+        // The EXCEPTION block of sqlstate_of rolls back the edit together with the division.
+        let code = sqlstate("SELECT collab.insert_text('rb', 'content', 0, 'LOST ') / 0");
+        assert_eq!(code, "22012");
+        assert_eq!(text_of("rb"), "kept");
+        assert_eq!(
+            one::<i64>("SELECT collab.insert_text('rb', 'content', 4, '!')"),
+            2
+        );
+        assert_eq!(text_of("rb"), "kept!");
+        assert_eq!(count("SELECT count(*) FROM collab.updates"), 2);
+    }
+
+    #[pg_test]
+    fn notification_payload_inlines_small_batches() {
+        let p = Peer::new(1);
+        let u1 = p.insert(0, "a");
+        let u2 = p.insert(1, "b");
+        let payload: String = one_with(
+            "SELECT collab._notify_payload(42, 3, 4, 'o', 'doc', $1)",
+            &[vec![u1, u2].into()],
+        );
+        let v: serde_json::Value = serde_json::from_str(&payload).expect("json");
+        assert_eq!(v["type"], "update");
+        assert_eq!(v["doc"], "doc");
+        assert_eq!(
+            (v["seq_from"].as_i64(), v["seq_to"].as_i64()),
+            (Some(3), Some(4))
+        );
+        use base64::Engine;
+        let merged = base64::engine::general_purpose::STANDARD
+            .decode(v["update"].as_str().expect("inline"))
+            .expect("base64");
+        let q = Peer::new(2);
+        q.receive(&merged);
+        assert_eq!(q.text(), "ab");
+        assert!(
+            Spi::get_one::<String>("SELECT collab._notify_payload(42, 3, 4, 'o', NULL, NULL)")
+                .expect("spi")
+                .is_none()
+        );
+    }
+
+    #[pg_test]
+    fn delete_document_removes_log_and_checkpoints() {
+        apply("gone", &Peer::new(1).insert(0, "x"));
+        one::<i64>("SELECT collab.compact('gone')");
+        assert!(one::<bool>("SELECT collab.delete_document('gone')"));
+        assert!(!one::<bool>("SELECT collab.delete_document('gone')"));
+        assert_eq!(count("SELECT count(*) FROM collab.updates"), 0);
+        assert_eq!(count("SELECT count(*) FROM collab.checkpoints"), 0);
+        assert_eq!(text_of("gone"), "");
+        // Re-created under the same name, it starts afresh.
+        assert_eq!(apply("gone", &Peer::new(2).insert(0, "new")), 1);
+        assert_eq!(text_of("gone"), "new");
+    }
+
+    #[pg_test]
+    fn every_function_and_table_is_documented() {
+        let undocumented: i64 = one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'collab' AND obj_description(p.oid, 'pg_proc') IS NULL",
+        );
+        assert_eq!(undocumented, 0);
+        let tables: i64 = one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'collab' AND c.relkind = 'r' AND obj_description(c.oid, 'pg_class') IS NULL",
+        );
+        assert_eq!(tables, 0);
+    }
+
+    #[pg_test]
+    fn replaying_a_real_trace_one_update_per_call_gives_its_end_content() {
+        let trace = collab_trace::load("sveltecomponent").expect("trace");
+        let updates = trace.to_updates(11);
+        for u in &updates {
+            apply("svelte", u);
+        }
+        assert_eq!(text_of("svelte"), trace.end_content);
+        assert_eq!(
+            count("SELECT head_seq FROM collab.documents WHERE name = 'svelte'"),
+            updates.len() as i64
+        );
+        // A cold rebuild from checkpoint + log agrees with the cached document.
+        let head = updates.len() as i64;
+        let cold: String = one_with("SELECT collab.text_at('svelte', $1)", &[head.into()]);
+        assert_eq!(cold, trace.end_content);
+    }
+
+    #[pg_test]
+    fn replaying_a_large_trace_in_batches_gives_its_end_content() {
+        let trace = collab_trace::load("automerge-paper").expect("trace");
+        let updates = trace.to_updates(12);
+        for chunk in updates.chunks(1000) {
+            one_with::<i64>(
+                "SELECT collab.apply_updates('paper', $1)",
+                &[chunk.to_vec().into()],
+            );
+        }
+        assert_eq!(text_of("paper"), trace.end_content);
+        assert_eq!(one::<i32>("SELECT length(collab.text('paper'))"), 104_852);
+    }
+
+    #[pg_test]
+    fn random_and_mutated_updates_never_break_a_document() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        let p = Peer::new(1);
+        let mut real = Vec::new();
+        for i in 0..20u32 {
+            let u = p.insert(i, &format!("w{i} "));
+            real.push(u.clone());
+            apply("fuzz", &u);
+        }
+        let expected = text_of("fuzz");
+        let mut runner = TestRunner::new(Config {
+            cases: 300,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let allowed = ["ok", "22P03", "22000", "54000"];
+        // Random bytes.
+        runner
+            .run(&proptest::collection::vec(any::<u8>(), 0..64), |bytes| {
+                let code = sqlstate(&format!(
+                    "SELECT collab.apply_update('fuzz', '\\x{}')",
+                    hex(&bytes)
+                ));
+                prop_assert!(allowed.contains(&code.as_str()), "{code} for {bytes:?}");
+                Ok(())
+            })
+            .expect("random bytes");
+        // Real updates with bytes flipped, truncated or extended.
+        let strategy = (
+            0..real.len(),
+            any::<prop::sample::Index>(),
+            any::<u8>(),
+            0..3u8,
+        );
+        runner
+            .run(&strategy, |(which, at, value, how)| {
+                let mut u = real[which].clone();
+                let i = at.index(u.len());
+                match how {
+                    0 => u[i] ^= value | 1,
+                    1 => u.truncate(i),
+                    _ => u.insert(i, value),
+                }
+                let code = sqlstate(&format!(
+                    "SELECT collab.apply_update('fuzz', '\\x{}')",
+                    hex(&u)
+                ));
+                prop_assert!(allowed.contains(&code.as_str()), "{code} for {u:?}");
+                Ok(())
+            })
+            .expect("mutated updates");
+        // Whatever was accepted, the document still reads, rebuilds cold, and kept the real text.
+        let now = text_of("fuzz");
+        let head: i64 = one("SELECT head_seq FROM collab.documents WHERE name = 'fuzz'");
+        let cold: String = one_with("SELECT collab.text_at('fuzz', $1)", &[head.into()]);
+        assert_eq!(now, cold);
+        assert!(!expected.is_empty());
+        let _: Vec<u8> = one("SELECT collab.state('fuzz')");
+        let _: pgrx::JsonB = one("SELECT collab.to_json('fuzz')");
+    }
+}

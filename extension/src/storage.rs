@@ -1,0 +1,427 @@
+//! The update log, checkpoints and document rows, through SPI with plans prepared once per
+//! backend. Also where a cached document is brought up to date with the log.
+//!
+//! Invariants kept here: sequence numbers of a document are assigned under its row lock, so the
+//! rows visible to any snapshot are exactly 1..head_seq (minus pruned history, which a
+//! checkpoint covers); a checkpoint at seq S holds the merged state of 1..S.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::{PgBuiltInOids, PgOid};
+use yrs::Doc;
+
+use crate::cache::{self, Entry};
+use crate::error::{CollabError, Result};
+use crate::{guc, merge, notify};
+
+/// A document row, as locked or read by the current statement.
+#[derive(Debug, Clone)]
+pub struct DocRow {
+    pub id: i64,
+    pub name: String,
+    pub head_seq: i64,
+    pub checkpoint_seq: i64,
+    pub tail_bytes: i64,
+    pub history_from: i64,
+    pub created: i64,
+}
+
+const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
+const BYTEA: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAOID);
+const BYTEA_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAARRAYOID);
+const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+
+/// `SELECT <document row columns> <tail>`, built at compile time so plans can be cached by
+/// their `&'static str`.
+macro_rules! select_row {
+    ($head:literal, $tail:literal) => {
+        concat!(
+            $head,
+            "id, head_seq, checkpoint_seq, tail_bytes, history_from, \
+             (extract(epoch FROM created_at) * 1000000)::int8 ",
+            $tail
+        )
+    };
+}
+
+fn spi_err(e: pgrx::spi::SpiError) -> CollabError {
+    CollabError::Internal(format!("SPI: {e}"))
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Runs `sql` through a plan prepared on first use and kept for the backend's life.
+fn run<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid],
+) -> Result<SpiTupleTable<'conn>> {
+    let cached = PLANS.with(|p| p.borrow().get(sql).cloned());
+    let plan = match cached {
+        Some(plan) => plan,
+        None => {
+            let plan = Rc::new(client.prepare_mut(sql, types).map_err(spi_err)?.keep());
+            PLANS.with(|p| p.borrow_mut().insert(sql, Rc::clone(&plan)));
+            plan
+        }
+    };
+    client.update(&*plan, None, args).map_err(spi_err)
+}
+
+fn row_from(table: SpiTupleTable, name: &str) -> Result<Option<DocRow>> {
+    let mut rows = table;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    rows = rows.first();
+    let get = |i: usize| -> Result<i64> {
+        rows.get::<i64>(i)
+            .map_err(spi_err)?
+            .ok_or_else(|| CollabError::Internal("NULL in collab.documents".into()))
+    };
+    Ok(Some(DocRow {
+        id: get(1)?,
+        name: name.to_string(),
+        head_seq: get(2)?,
+        checkpoint_seq: get(3)?,
+        tail_bytes: get(4)?,
+        history_from: get(5)?,
+        created: get(6)?,
+    }))
+}
+
+/// The document's row without a lock, or None if it was never written.
+pub fn find(name: &str) -> Result<Option<DocRow>> {
+    Spi::connect_mut(|client| {
+        let t = run(
+            client,
+            select_row!("SELECT ", "FROM collab.documents WHERE name = $1"),
+            &[TEXT],
+            &[name.into()],
+        )?;
+        row_from(t, name)
+    })
+}
+
+/// Locks the document's row (creating the document on first write) for the rest of the
+/// transaction: writers of one document are serialised here, and only here.
+pub fn lock(name: &str, create: bool) -> Result<Option<DocRow>> {
+    Spi::connect_mut(|client| {
+        const LOCK: &str = select_row!(
+            "SELECT ",
+            "FROM collab.documents WHERE name = $1 FOR UPDATE"
+        );
+        let t = run(client, LOCK, &[TEXT], &[name.into()])?;
+        if let Some(row) = row_from(t, name)? {
+            return Ok(Some(row));
+        }
+        if !create {
+            return Ok(None);
+        }
+        run(
+            client,
+            "INSERT INTO collab.documents (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[TEXT],
+            &[name.into()],
+        )?;
+        let t = run(client, LOCK, &[TEXT], &[name.into()])?;
+        row_from(t, name)
+    })
+}
+
+/// Log rows with `after < seq <= upto`, in order.
+fn log_rows(client: &mut SpiClient, doc_id: i64, after: i64, upto: i64) -> Result<Vec<Vec<u8>>> {
+    let t = run(
+        client,
+        "SELECT update FROM collab.updates WHERE doc_id = $1 AND seq > $2 AND seq <= $3 \
+         ORDER BY seq",
+        &[INT8, INT8, INT8],
+        &[doc_id.into(), after.into(), upto.into()],
+    )?;
+    let mut out = Vec::with_capacity(t.len());
+    for row in t {
+        let bytes: Option<Vec<u8>> = row.get(1).map_err(spi_err)?;
+        out.push(bytes.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// The newest checkpoint at or before `seq`: (its seq, its state).
+fn checkpoint_at_or_before(
+    client: &mut SpiClient,
+    doc_id: i64,
+    seq: i64,
+) -> Result<Option<(i64, Vec<u8>)>> {
+    let t = run(
+        client,
+        "SELECT seq, state FROM collab.checkpoints WHERE doc_id = $1 AND seq <= $2 \
+         ORDER BY seq DESC LIMIT 1",
+        &[INT8, INT8],
+        &[doc_id.into(), seq.into()],
+    )?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let t = t.first();
+    let s: Option<i64> = t.get(1).map_err(spi_err)?;
+    let state: Option<Vec<u8>> = t.get(2).map_err(spi_err)?;
+    Ok(s.zip(state))
+}
+
+/// Builds the document as of `seq` from the newest checkpoint before it and the log after it.
+pub fn load_at(row: &DocRow, seq: i64) -> Result<Doc> {
+    if seq < row.history_from {
+        return Err(CollabError::Pruned {
+            doc: row.name.clone(),
+            floor: row.history_from,
+        });
+    }
+    Spi::connect_mut(|client| {
+        let checkpoint = checkpoint_at_or_before(client, row.id, seq)?;
+        let from = checkpoint.as_ref().map_or(0, |(s, _)| *s);
+        let rows = log_rows(client, row.id, from, seq)?;
+        if rows.len() as i64 != seq - from {
+            return Err(CollabError::Corrupt {
+                doc: row.name.clone(),
+                reason: format!(
+                    "log rows {}..={} incomplete ({} of {})",
+                    from + 1,
+                    seq,
+                    rows.len(),
+                    seq - from
+                ),
+            });
+        }
+        merge::load(
+            &row.name,
+            checkpoint.as_ref().map(|(_, s)| s.as_slice()),
+            rows.iter().map(Vec::as_slice),
+        )
+    })
+}
+
+/// The cached document of `row`, brought up to `row.head_seq`: from the cache when it is
+/// current, by applying the log tail when it is behind, else rebuilt from storage.
+/// The caller owns the entry until it calls `cache::put`.
+pub fn open(row: &DocRow) -> Result<Entry> {
+    if let Some(mut entry) = cache::take(row.id, row.created) {
+        if entry.seq == row.head_seq {
+            return Ok(entry);
+        }
+        if !entry.dirty && entry.seq < row.head_seq && entry.seq >= row.history_from {
+            let rows = Spi::connect_mut(|c| log_rows(c, row.id, entry.seq, row.head_seq))?;
+            if rows.len() as i64 == row.head_seq - entry.seq {
+                merge::apply_stored(&entry.doc, &row.name, rows.iter().map(Vec::as_slice))?;
+                entry.seq = row.head_seq;
+                return Ok(entry);
+            }
+        }
+    }
+    let doc = load_at(row, row.head_seq)?;
+    Ok(Entry::new(row.id, row.created, row.head_seq, doc))
+}
+
+/// Appends validated updates after `row.head_seq` in one statement (so the NOTIFY trigger
+/// fires once for the batch) and advances the row. Returns the last sequence assigned.
+pub fn append(row: &mut DocRow, updates: &[Vec<u8>], origin: Option<&str>) -> Result<i64> {
+    let n = updates.len() as i64;
+    let bytes: i64 = updates.iter().map(|u| u.len() as i64).sum();
+    let seq_from = row.head_seq + 1;
+    let seq_to = row.head_seq + n;
+    notify::stash(row, seq_from, seq_to, updates);
+    Spi::connect_mut(|client| {
+        run(
+            client,
+            "INSERT INTO collab.updates (doc_id, seq, update, origin) \
+             SELECT $1, $2 + u.ord, u.update, $4 \
+             FROM unnest($3::bytea[]) WITH ORDINALITY AS u(update, ord)",
+            &[INT8, INT8, BYTEA_ARRAY, TEXT],
+            &[
+                row.id.into(),
+                row.head_seq.into(),
+                updates.to_vec().into(),
+                origin.into(),
+            ],
+        )?;
+        run(
+            client,
+            "UPDATE collab.documents SET head_seq = $2, tail_bytes = tail_bytes + $3, \
+             log_bytes = log_bytes + $3, update_count = update_count + $4, updated_at = now() \
+             WHERE id = $1",
+            &[INT8, INT8, INT8, INT8],
+            &[row.id.into(), seq_to.into(), bytes.into(), n.into()],
+        )?;
+        Ok(())
+    })?;
+    notify::clear_stash();
+    row.head_seq = seq_to;
+    row.tail_bytes += bytes;
+    Ok(seq_to)
+}
+
+/// Writes `state` as the checkpoint at `seq` (replacing one already there).
+pub fn write_checkpoint(row: &mut DocRow, seq: i64, state: &[u8]) -> Result<()> {
+    Spi::connect_mut(|client| {
+        run(
+            client,
+            "INSERT INTO collab.checkpoints (doc_id, seq, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (doc_id, seq) DO UPDATE SET state = EXCLUDED.state, created_at = now()",
+            &[INT8, INT8, BYTEA],
+            &[row.id.into(), seq.into(), state.into()],
+        )?;
+        if seq >= row.checkpoint_seq {
+            run(
+                client,
+                "UPDATE collab.documents SET checkpoint_seq = $2, state_bytes = $3, \
+                 tail_bytes = coalesce((SELECT sum(octet_length(update)) FROM collab.updates \
+                                        WHERE doc_id = $1 AND seq > $2), 0) \
+                 WHERE id = $1",
+                &[INT8, INT8, INT8],
+                &[row.id.into(), seq.into(), (state.len() as i64).into()],
+            )?;
+        }
+        Ok(())
+    })?;
+    if seq >= row.checkpoint_seq {
+        row.tail_bytes = if seq == row.head_seq {
+            0
+        } else {
+            row.tail_bytes
+        };
+        row.checkpoint_seq = seq;
+    }
+    Ok(())
+}
+
+/// Checkpoints the document at its head once the uncompacted tail passes
+/// `collab.compact_threshold`. The document is already decoded, so this costs one encoding of
+/// it: each write pays at most one merge, and a cold read at most the threshold in log bytes.
+pub fn maybe_compact(row: &mut DocRow, entry: &Entry) -> Result<()> {
+    let threshold = guc::compact_threshold();
+    if threshold > 0 && row.tail_bytes >= threshold && row.checkpoint_seq < row.head_seq {
+        let state = merge::state(&entry.doc);
+        let head = row.head_seq;
+        write_checkpoint(row, head, &state)?;
+    }
+    Ok(())
+}
+
+/// One row of `collab.updates_since`.
+pub struct LogRow {
+    pub seq: i64,
+    pub update: Vec<u8>,
+    pub origin: Option<String>,
+    pub created_at: Option<pgrx::datum::TimestampWithTimeZone>,
+}
+
+/// Log rows after `after`, for listeners catching up. When `after` lies in pruned history, the
+/// checkpoint at the history floor comes first (origin `checkpoint`) so nothing is missed.
+pub fn rows_since(row: &DocRow, after: i64) -> Result<Vec<LogRow>> {
+    Spi::connect_mut(|client| {
+        let mut out = Vec::new();
+        let mut from = after.max(0);
+        if from < row.history_from {
+            if let Some((seq, state)) = checkpoint_at_or_before(client, row.id, row.history_from)? {
+                out.push(LogRow {
+                    seq,
+                    update: state,
+                    origin: Some("checkpoint".into()),
+                    created_at: None,
+                });
+                from = seq;
+            }
+        }
+        let t = run(
+            client,
+            "SELECT seq, update, origin, created_at FROM collab.updates \
+             WHERE doc_id = $1 AND seq > $2 ORDER BY seq",
+            &[INT8, INT8],
+            &[row.id.into(), from.into()],
+        )?;
+        for r in t {
+            out.push(LogRow {
+                seq: r.get(1).map_err(spi_err)?.unwrap_or_default(),
+                update: r.get(2).map_err(spi_err)?.unwrap_or_default(),
+                origin: r.get(3).map_err(spi_err)?,
+                created_at: r.get(4).map_err(spi_err)?,
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Drops history older than `before`, keeping a checkpoint where it is cut so that every
+/// later version stays readable. Returns the number of log rows deleted.
+pub fn prune(row: &mut DocRow, before: pgrx::datum::TimestampWithTimeZone) -> Result<i64> {
+    let cut: Option<i64> = Spi::connect_mut(|client| {
+        let t = run(
+            client,
+            "SELECT max(seq) FROM collab.updates WHERE doc_id = $1 AND created_at < $2",
+            &[INT8, TIMESTAMPTZ],
+            &[row.id.into(), before.into()],
+        )?;
+        t.first().get::<i64>(1).map_err(spi_err)
+    })?;
+    let Some(cut) = cut.filter(|c| *c > row.history_from) else {
+        return Ok(0);
+    };
+    let has_checkpoint = Spi::connect_mut(|client| {
+        checkpoint_at_or_before(client, row.id, cut).map(|c| c.is_some_and(|(s, _)| s == cut))
+    })?;
+    if !has_checkpoint {
+        let doc = load_at(row, cut)?;
+        write_checkpoint(row, cut, &merge::state(&doc))?;
+    }
+    let deleted = Spi::connect_mut(|client| {
+        let t = run(
+            client,
+            "WITH gone AS (DELETE FROM collab.updates WHERE doc_id = $1 AND seq <= $2 \
+                           RETURNING octet_length(update) AS bytes) \
+             SELECT count(*)::int8, coalesce(sum(bytes), 0)::int8 FROM gone",
+            &[INT8, INT8],
+            &[row.id.into(), cut.into()],
+        )?
+        .first();
+        let count: i64 = t.get(1).map_err(spi_err)?.unwrap_or(0);
+        let bytes: i64 = t.get(2).map_err(spi_err)?.unwrap_or(0);
+        run(
+            client,
+            "DELETE FROM collab.checkpoints WHERE doc_id = $1 AND seq < $2",
+            &[INT8, INT8],
+            &[row.id.into(), cut.into()],
+        )?;
+        run(
+            client,
+            "UPDATE collab.documents SET history_from = $2, update_count = update_count - $3, \
+             log_bytes = log_bytes - $4 WHERE id = $1",
+            &[INT8, INT8, INT8, INT8],
+            &[row.id.into(), cut.into(), count.into(), bytes.into()],
+        )?;
+        Ok(count)
+    })?;
+    row.history_from = cut;
+    Ok(deleted)
+}
+
+/// Deletes a document with its log and checkpoints. Returns whether it existed.
+pub fn delete(name: &str) -> Result<bool> {
+    Spi::connect_mut(|client| {
+        let t = run(
+            client,
+            "DELETE FROM collab.documents WHERE name = $1 RETURNING id",
+            &[TEXT],
+            &[name.into()],
+        )?;
+        Ok(!t.is_empty())
+    })
+}

@@ -69,11 +69,17 @@ pub fn load(name: &str) -> Result<Trace, TraceError> {
         return Err(TraceError::NotFound(name.to_string()));
     }
     let file = File::open(&path).map_err(|e| TraceError::Io(path.clone(), e))?;
+    parse_gz(file, &path)
+}
+
+/// Parses a gzip-compressed trace (`origin` names it in errors). Tests that run inside a
+/// PostgreSQL backend, which may not be allowed to read the checkout, embed the bytes instead.
+pub fn parse_gz(gz: impl Read, origin: &Path) -> Result<Trace, TraceError> {
     let mut json = String::new();
-    flate2::read::GzDecoder::new(file)
+    flate2::read::GzDecoder::new(gz)
         .read_to_string(&mut json)
-        .map_err(|e| TraceError::Io(path.clone(), e))?;
-    serde_json::from_str(&json).map_err(|e| TraceError::Json(path, e))
+        .map_err(|e| TraceError::Io(origin.to_path_buf(), e))?;
+    serde_json::from_str(&json).map_err(|e| TraceError::Json(origin.to_path_buf(), e))
 }
 
 impl Trace {

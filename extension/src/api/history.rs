@@ -85,6 +85,7 @@ fn text_at(
 /// Log rows after sequence `seq`, for listeners catching up. If `seq` lies in pruned history
 /// the first row is the checkpoint at the history floor (origin 'checkpoint').
 #[pg_extern(stable)]
+#[allow(clippy::type_complexity)]
 fn updates_since(
     doc: Option<&str>,
     seq: Option<i64>,

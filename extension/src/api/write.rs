@@ -64,14 +64,8 @@ fn apply_updates(
         let name = doc_name(doc)?;
         let updates = required(updates, "updates")?;
         let mut batch = Vec::with_capacity(updates.len());
-        for (i, u) in updates.iter().enumerate() {
-            let u = u.ok_or_else(|| {
-                CollabError::Null(if i == 0 {
-                    "updates[1]"
-                } else {
-                    "an element of updates"
-                })
-            })?;
+        for u in updates.iter() {
+            let u = u.ok_or(CollabError::Null("an element of updates"))?;
             batch.push(u.to_vec());
         }
         if batch.is_empty() {

@@ -1,0 +1,187 @@
+//! y-websocket message framing: decoding client frames and encoding server frames with `yrs::sync`.
+//!
+//! Message types: 0 sync (step 1, step 2, update), 1 awareness, 2 auth, 3 query awareness.
+//! Decoding never panics on hostile input (yrs's own decoders are guarded).
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use yrs::encoding::read::Cursor;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::{Decode, DecoderV1};
+use yrs::updates::encoder::Encode;
+use yrs::{ClientID, StateVector, Update};
+
+use crate::error::{Error, Result};
+
+/// One decoded client message.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Sync step 1: the client's state vector (re-encoded, v1).
+    SyncStep1(Vec<u8>),
+    /// Sync step 2: what the server lacks, as a v1 update.
+    SyncStep2(Vec<u8>),
+    /// An incremental v1 update.
+    Update(Vec<u8>),
+    /// An awareness update: its entries and the frame as received (to relay as is).
+    Awareness(AwarenessUpdate),
+    /// Query awareness: the client asks for everyone's awareness state.
+    AwarenessQuery,
+    /// Auth message (servers ignore those from clients).
+    Auth,
+    /// A message type this bridge does not know; ignored.
+    Custom(u8),
+}
+
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|_| Error::Malformed("decoder failed on hostile input".into()))
+}
+
+/// Decodes one y-websocket frame (one message; trailing bytes are ignored, as y-websocket does).
+pub fn decode(frame: &[u8]) -> Result<Incoming> {
+    if frame.is_empty() {
+        return Err(Error::Malformed("empty frame".into()));
+    }
+    let msg = guarded(|| {
+        let mut decoder = DecoderV1::new(Cursor::new(frame));
+        Message::decode(&mut decoder)
+    })?
+    .map_err(|e| Error::Malformed(e.to_string()))?;
+    Ok(match msg {
+        Message::Sync(SyncMessage::SyncStep1(sv)) => Incoming::SyncStep1(sv.encode_v1()),
+        Message::Sync(SyncMessage::SyncStep2(u)) => Incoming::SyncStep2(u),
+        Message::Sync(SyncMessage::Update(u)) => Incoming::Update(u),
+        Message::Awareness(a) => Incoming::Awareness(a),
+        Message::AwarenessQuery => Incoming::AwarenessQuery,
+        Message::Auth(_) => Incoming::Auth,
+        Message::Custom(tag, _) => Incoming::Custom(tag),
+    })
+}
+
+/// Checks that `update` is a decodable Yjs v1 update; returns whether it changes anything.
+pub fn check_update(update: &[u8]) -> Result<bool> {
+    let decoded = guarded(|| Update::decode_v1(update))?
+        .map_err(|e| Error::Malformed(format!("invalid Yjs update: {e}")))?;
+    Ok(!decoded.is_empty())
+}
+
+/// Checks that `sv` decodes as a v1 state vector.
+pub fn check_state_vector(sv: &[u8]) -> Result<()> {
+    guarded(|| StateVector::decode_v1(sv))?
+        .map(|_| ())
+        .map_err(|e| Error::Malformed(format!("invalid state vector: {e}")))
+}
+
+fn frame(msg: &Message) -> Bytes {
+    Bytes::from(msg.encode_v1())
+}
+
+pub fn sync_step1(state_vector: &[u8]) -> Result<Bytes> {
+    let sv = StateVector::decode_v1(state_vector)
+        .map_err(|e| Error::Internal(format!("database returned a bad state vector: {e}")))?;
+    Ok(frame(&Message::Sync(SyncMessage::SyncStep1(sv))))
+}
+
+pub fn sync_step2(update: Vec<u8>) -> Bytes {
+    frame(&Message::Sync(SyncMessage::SyncStep2(update)))
+}
+
+pub fn update(update: Vec<u8>) -> Bytes {
+    frame(&Message::Sync(SyncMessage::Update(update)))
+}
+
+/// An awareness message from entries `client id → (clock, JSON state)`.
+pub fn awareness(entries: impl IntoIterator<Item = (u64, u32, Arc<str>)>) -> Bytes {
+    let clients: HashMap<ClientID, AwarenessUpdateEntry> = entries
+        .into_iter()
+        .map(|(id, clock, json)| (ClientID::new(id), AwarenessUpdateEntry { clock, json }))
+        .collect();
+    frame(&Message::Awareness(AwarenessUpdate { clients }))
+}
+
+pub fn awareness_frame(update: AwarenessUpdate) -> Bytes {
+    frame(&Message::Awareness(update))
+}
+
+/// Auth message, permission denied with `reason`.
+pub fn permission_denied(reason: &str) -> Bytes {
+    frame(&Message::Auth(Some(reason.to_string())))
+}
+
+/// Entries of an awareness update as `(client id, clock, JSON state)`; `"null"` means removed.
+pub fn awareness_entries(update: &AwarenessUpdate) -> Vec<(u64, u32, Arc<str>)> {
+    update
+        .clients
+        .iter()
+        .map(|(id, e)| (id.get(), e.clock, e.json.clone()))
+        .collect()
+}
+
+/// Decodes a relayed broadcast payload (a y-websocket awareness frame).
+pub fn decode_awareness_frame(payload: &[u8]) -> Option<AwarenessUpdate> {
+    match decode(payload) {
+        Ok(Incoming::Awareness(a)) => Some(a),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, GetString, Text, Transact};
+
+    #[test]
+    fn round_trips_sync_messages() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("content");
+        text.push(&mut doc.transact_mut(), "hi");
+        let u = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        assert!(check_update(&u).unwrap_or(false));
+        match decode(&update(u.clone())) {
+            Ok(Incoming::Update(got)) => assert_eq!(got, u),
+            other => panic!("unexpected {other:?}"),
+        }
+        let sv = doc.transact().state_vector().encode_v1();
+        match decode(&sync_step1(&sv).unwrap_or_default()) {
+            Ok(Incoming::SyncStep1(got)) => assert_eq!(got, sv),
+            other => panic!("unexpected {other:?}"),
+        }
+        let other = Doc::new();
+        let t2 = other.get_or_insert_text("content");
+        other
+            .transact_mut()
+            .apply_update(Update::decode_v1(&u).expect("decode"))
+            .expect("apply");
+        assert_eq!(t2.get_string(&other.transact()), "hi");
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for bad in [
+            &[][..],
+            &[0xff, 0xff, 0xff][..],
+            &[0, 2, 200, 1][..],
+            &[1, 5, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f][..],
+            &[0, 7][..],
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_update(&[1, 2, 3, 4, 5]).is_err());
+    }
+
+    #[test]
+    fn empty_update_changes_nothing() {
+        assert!(!check_update(&[0, 0]).unwrap_or(true));
+    }
+
+    #[test]
+    fn awareness_entries_round_trip() {
+        let f = awareness([(42, 3, Arc::from("{\"a\":1}"))]);
+        let a = decode_awareness_frame(&f).expect("awareness");
+        assert_eq!(awareness_entries(&a), vec![(42, 3, Arc::from("{\"a\":1}"))]);
+    }
+}

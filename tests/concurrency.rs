@@ -19,12 +19,23 @@ async fn backends_taking_turns_each_see_the_whole_document() {
     for i in 0..60 {
         let (db, word) = if i % 3 == 0 { (&b, "b") } else { (&a, "a") };
         let at = expected.chars().count() as i32;
-        db.execute("SELECT collab.insert_text('turns', 'content', $1, $2)", &[&at, &word])
-            .await
-            .expect("edit");
+        db.execute(
+            "SELECT collab.insert_text('turns', 'content', $1, $2)",
+            &[&at, &word],
+        )
+        .await
+        .expect("edit");
         expected.push_str(word);
-        assert_eq!(text(&a, "turns").await, expected, "backend a after edit {i}");
-        assert_eq!(text(&b, "turns").await, expected, "backend b after edit {i}");
+        assert_eq!(
+            text(&a, "turns").await,
+            expected,
+            "backend a after edit {i}"
+        );
+        assert_eq!(
+            text(&b, "turns").await,
+            expected,
+            "backend b after edit {i}"
+        );
     }
 }
 
@@ -79,15 +90,25 @@ async fn a_rollback_in_one_backend_misleads_neither() {
         .await
         .expect("edit");
     let tx = a.transaction().await.expect("begin");
-    tx.execute("SELECT collab.insert_text('rb', 'content', 4, ' LOST')", &[])
-        .await
-        .expect("edit");
-    assert_eq!(text(&tx, "rb").await, "base LOST", "own write visible inside");
+    tx.execute(
+        "SELECT collab.insert_text('rb', 'content', 4, ' LOST')",
+        &[],
+    )
+    .await
+    .expect("edit");
+    assert_eq!(
+        text(&tx, "rb").await,
+        "base LOST",
+        "own write visible inside"
+    );
     tx.rollback().await.expect("rollback");
     // b now takes the same sequence number the rolled-back write had.
-    b.execute("SELECT collab.insert_text('rb', 'content', 4, ' kept')", &[])
-        .await
-        .expect("edit");
+    b.execute(
+        "SELECT collab.insert_text('rb', 'content', 4, ' kept')",
+        &[],
+    )
+    .await
+    .expect("edit");
     assert_eq!(text(&a, "rb").await, "base kept");
     assert_eq!(text(&b, "rb").await, "base kept");
     a.execute("SELECT collab.insert_text('rb', 'content', 0, '>')", &[])

@@ -64,7 +64,10 @@ async fn committed_batches_are_notified_once_and_rollbacks_never() {
     let v = next(&mut rx).await;
     assert_eq!(v["type"], "update");
     assert_eq!(v["doc"], "doc");
-    assert_eq!((v["seq_from"].as_i64(), v["seq_to"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(
+        (v["seq_from"].as_i64(), v["seq_to"].as_i64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(v["origin"], "tab-1");
     let follower = Peer::new(9);
     follower.receive(&inline_update(&v));
@@ -72,9 +75,12 @@ async fn committed_batches_are_notified_once_and_rollbacks_never() {
 
     // Rolled back: nothing is sent, and the sequence number is not consumed.
     let tx = db.transaction().await.expect("begin");
-    tx.execute("SELECT collab.apply_update('doc', $1)", &[&peer.insert(5, " lost")])
-        .await
-        .expect("apply");
+    tx.execute(
+        "SELECT collab.apply_update('doc', $1)",
+        &[&peer.insert(5, " lost")],
+    )
+    .await
+    .expect("apply");
     tx.rollback().await.expect("rollback");
     nothing_within(&mut rx, 300).await;
 
@@ -89,7 +95,10 @@ async fn committed_batches_are_notified_once_and_rollbacks_never() {
         .get(0);
     assert_eq!(last, 6);
     let v = next(&mut rx).await;
-    assert_eq!((v["seq_from"].as_i64(), v["seq_to"].as_i64()), (Some(2), Some(6)));
+    assert_eq!(
+        (v["seq_from"].as_i64(), v["seq_to"].as_i64()),
+        (Some(2), Some(6))
+    );
     follower.receive(&inline_update(&v));
     assert_eq!(follower.text(), "hello!!!!!");
     nothing_within(&mut rx, 200).await;
@@ -117,7 +126,10 @@ async fn large_updates_are_announced_without_inline_data_and_fetched() {
     assert_eq!(v["seq_to"].as_i64(), Some(1));
     assert!(v.get("update").is_none(), "too large to inline");
     let rows = db
-        .query("SELECT seq, update FROM collab.updates_since('big', 0)", &[])
+        .query(
+            "SELECT seq, update FROM collab.updates_since('big', 0)",
+            &[],
+        )
         .await
         .expect("fetch");
     assert_eq!(rows.len(), 1);
@@ -139,7 +151,10 @@ async fn one_transaction_touching_two_documents_sends_one_notification_each() {
         .expect("b");
     nothing_within(&mut rx, 200).await;
     tx.commit().await.expect("commit");
-    let mut docs = vec![next(&mut rx).await["doc"].clone(), next(&mut rx).await["doc"].clone()];
+    let mut docs = vec![
+        next(&mut rx).await["doc"].clone(),
+        next(&mut rx).await["doc"].clone(),
+    ];
     docs.sort_by_key(|d| d.to_string());
     assert_eq!(docs, vec![Value::from("a"), Value::from("b")]);
 }
@@ -149,9 +164,12 @@ async fn broadcasts_and_deletions_reach_listeners() {
     let cluster = Cluster::start();
     let (_l, mut rx) = listener(&cluster).await;
     let db = cluster.connect().await;
-    db.execute("SELECT collab.broadcast('room', '\\x0102'::bytea, 'bridge-a')", &[])
-        .await
-        .expect("broadcast");
+    db.execute(
+        "SELECT collab.broadcast('room', '\\x0102'::bytea, 'bridge-a')",
+        &[],
+    )
+    .await
+    .expect("broadcast");
     let v = next(&mut rx).await;
     assert_eq!(v["type"], "broadcast");
     assert_eq!(v["payload"], "AQI=");
@@ -172,5 +190,8 @@ async fn broadcasts_and_deletions_reach_listeners() {
         .await
         .expect("delete");
     let v = next(&mut rx).await;
-    assert_eq!((v["type"].as_str(), v["doc"].as_str()), (Some("deleted"), Some("room")));
+    assert_eq!(
+        (v["type"].as_str(), v["doc"].as_str()),
+        (Some("deleted"), Some("room"))
+    );
 }

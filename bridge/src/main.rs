@@ -1,1 +1,24 @@
-fn main() {}
+//! The `collab-bridge` binary: parses configuration, sets up logging, runs the bridge.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use collab_bridge::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cfg = Config::parse();
+    let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match collab_bridge::run(cfg).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("collab-bridge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

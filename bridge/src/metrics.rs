@@ -1,8 +1,10 @@
 //! Counters, gauges and histograms, rendered by hand in the Prometheus text exposition format.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A fixed-bucket histogram with atomic counts; the sum is kept in micro-units.
 pub struct Histogram {
@@ -200,6 +202,54 @@ impl Metrics {
             "From the start of this bridge's collab.apply_updates call to the arrival of its notification.",
         );
         out
+    }
+}
+
+enum LagMark {
+    Started(Instant),
+    Arrived(Instant),
+}
+
+/// Pairs this bridge's commits with their notifications, whichever is seen first, to measure
+/// notification lag (keyed by document and last sequence of the batch).
+#[derive(Default)]
+pub struct LagTracker {
+    marks: Mutex<HashMap<(String, i64), LagMark>>,
+}
+
+impl LagTracker {
+    fn with_marks(&self, f: impl FnOnce(&mut HashMap<(String, i64), LagMark>)) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut marks);
+        if marks.len() > 4096 {
+            let now = Instant::now();
+            marks.retain(|_, m| match m {
+                LagMark::Started(t) | LagMark::Arrived(t) => {
+                    now.duration_since(*t) < Duration::from_secs(60)
+                }
+            });
+        }
+    }
+
+    /// A batch started at `started` was committed as `..=seq_to`.
+    pub fn committed(&self, doc: &str, seq_to: i64, started: Instant, hist: &Histogram) {
+        self.with_marks(|m| match m.remove(&(doc.to_string(), seq_to)) {
+            Some(LagMark::Arrived(t)) => hist.observe_duration(t.saturating_duration_since(started)),
+            _ => {
+                m.insert((doc.to_string(), seq_to), LagMark::Started(started));
+            }
+        });
+    }
+
+    /// The notification of a batch of this bridge ending at `seq_to` arrived.
+    pub fn arrived(&self, doc: &str, seq_to: i64, hist: &Histogram) {
+        let now = Instant::now();
+        self.with_marks(|m| match m.remove(&(doc.to_string(), seq_to)) {
+            Some(LagMark::Started(t)) => hist.observe_duration(now.saturating_duration_since(t)),
+            _ => {
+                m.insert((doc.to_string(), seq_to), LagMark::Arrived(now));
+            }
+        });
     }
 }
 

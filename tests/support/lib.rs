@@ -62,7 +62,13 @@ impl Cluster {
         }
         let data = dir.path().join("data");
         let status = pg_command("initdb")
-            .args(["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust"])
+            .args([
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+            ])
             .args(["-E", "UTF8", "--locale=C.UTF-8"])
             .stdout(Stdio::null())
             .status()
@@ -82,7 +88,15 @@ impl Cluster {
         assert!(status.success(), "pg_ctl start failed");
         let cluster = Cluster { dir, port };
         let out = Command::new(format!("{PG_BIN}/psql"))
-            .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-v", "ON_ERROR_STOP=1", "-c", "CREATE EXTENSION pg_collab"])
             .output()
             .expect("psql runs");
@@ -95,7 +109,10 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
     }
 
     pub async fn connect(&self) -> Client {
@@ -116,7 +133,13 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = pg_command("pg_ctl")
-            .args(["-D", &self.data_dir().to_string_lossy(), "-m", "immediate", "stop"])
+            .args([
+                "-D",
+                &self.data_dir().to_string_lossy(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -1,0 +1,410 @@
+//! Rooms: the connections following each open document, and the per-room task that turns
+//! notifications into ordered, gap-free update messages for them.
+//!
+//! Each room tracks the last sequence it delivered. An update notification that follows on
+//! directly and carries its update inline is sent as is; anything else (a gap, a batch too large
+//! to inline, a listener reconnect, a dropped event) makes the room fetch
+//! `collab.updates_since(last)`. Each connection has a bounded send queue; one that is full gets
+//! the connection closed (too slow). Nothing is echoed to the connection that wrote it: its
+//! origin (`<bridge-id>/<conn-id>`) is skipped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::db;
+use crate::error::{Error, Result};
+use crate::listener::Backoff;
+use crate::metrics::{LagTracker, Metrics};
+use crate::protocol;
+
+pub type ConnId = u64;
+
+/// Events queued for one room before the listener starts dropping (and the room catches up).
+const ROOM_QUEUE: usize = 1024;
+/// Awareness states not renewed for this long are not handed to new connections (y-protocols
+/// clients renew every 15 s and drop silent peers after 30 s).
+const AWARENESS_TTL: Duration = Duration::from_secs(30);
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a room knows about one connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    /// `<bridge-id>/<conn-id>`: the origin of this connection's writes and broadcasts.
+    pub origin: String,
+    pub tx: mpsc::Sender<Bytes>,
+    pub kick: CancellationToken,
+    pub kick_reason: Arc<Mutex<Option<Error>>>,
+}
+
+impl ConnHandle {
+    /// Ends the connection with `reason` (the first reason given wins).
+    pub fn kick(&self, reason: Error) {
+        let mut r = lock(&self.kick_reason);
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.kick.cancel();
+    }
+
+    /// Queues a frame; a full queue means the client cannot keep up.
+    pub fn send(&self, frame: Bytes, metrics: &Metrics) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.kick.is_cancelled() {
+                    metrics
+                        .slow_clients
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.kick(Error::TooSlow);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum RoomEvent {
+    Update {
+        seq_from: i64,
+        seq_to: i64,
+        origin: Option<String>,
+        update: Option<Vec<u8>>,
+    },
+    Broadcast {
+        origin: Option<String>,
+        payload: Vec<u8>,
+    },
+    Deleted,
+}
+
+struct AwarenessState {
+    clock: u32,
+    json: Arc<str>,
+    seen: Instant,
+}
+
+pub struct Room {
+    pub name: String,
+    conns: Mutex<HashMap<ConnId, ConnHandle>>,
+    events: mpsc::Sender<RoomEvent>,
+    catchup: Notify,
+    ready: watch::Receiver<bool>,
+    stop: CancellationToken,
+    awareness: Mutex<HashMap<u64, AwarenessState>>,
+}
+
+impl Room {
+    /// Waits until the room knows the document's head sequence (so that what a connection reads
+    /// from the database afterwards and what the room delivers leave no gap between them).
+    pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let mut ready = self.ready.clone();
+        match tokio::time::timeout(limit, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::Unavailable(
+                "document could not be opened in time".into(),
+            )),
+        }
+    }
+
+    /// Everyone's current awareness state as one message, if there is any.
+    pub fn awareness_snapshot(&self) -> Option<Bytes> {
+        let aw = lock(&self.awareness);
+        let now = Instant::now();
+        let entries: Vec<_> = aw
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.seen) < AWARENESS_TTL)
+            .map(|(id, s)| (*id, s.clock, s.json.clone()))
+            .collect();
+        (!entries.is_empty()).then(|| protocol::awareness(entries))
+    }
+
+    fn record_awareness(&self, payload: &[u8]) {
+        let Some(update) = protocol::decode_awareness_frame(payload) else {
+            return;
+        };
+        let mut aw = lock(&self.awareness);
+        let now = Instant::now();
+        for (id, clock, json) in protocol::awareness_entries(&update) {
+            if &*json == "null" {
+                aw.remove(&id);
+            } else if aw.get(&id).is_none_or(|s| s.clock <= clock) {
+                aw.insert(
+                    id,
+                    AwarenessState {
+                        clock,
+                        json,
+                        seen: now,
+                    },
+                );
+            }
+        }
+        aw.retain(|_, s| now.duration_since(s.seen) < AWARENESS_TTL * 4);
+    }
+
+    /// Sends `frame` to every connection but the one whose origin is `origin`; returns how many.
+    pub fn deliver(&self, frame: &Bytes, origin: Option<&str>, metrics: &Metrics) -> u64 {
+        let conns = lock(&self.conns);
+        let mut sent = 0;
+        for c in conns.values() {
+            if origin == Some(c.origin.as_str()) {
+                continue;
+            }
+            if c.send(frame.clone(), metrics) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Relays an ephemeral message (awareness) and remembers the awareness states it carries.
+    pub fn deliver_broadcast(&self, payload: &[u8], origin: Option<&str>, metrics: &Metrics) {
+        self.record_awareness(payload);
+        self.deliver(&Bytes::copy_from_slice(payload), origin, metrics);
+    }
+
+    fn kick_all(&self, reason: Error) {
+        for c in lock(&self.conns).values() {
+            c.kick(reason.clone());
+        }
+    }
+}
+
+struct HubCtx {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    lag: Arc<LagTracker>,
+    own_prefix: String,
+}
+
+/// All open rooms of this bridge.
+pub struct Hub {
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    ctx: Arc<HubCtx>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Hub {
+    pub fn new(
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        lag: Arc<LagTracker>,
+        bridge_id: &str,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Hub {
+            rooms: Mutex::new(HashMap::new()),
+            ctx: Arc::new(HubCtx {
+                pool,
+                metrics,
+                lag,
+                own_prefix: format!("{bridge_id}/"),
+            }),
+            tracker,
+            cancel,
+        }
+    }
+
+    /// Adds a connection to the room of `doc`, opening the room if needed.
+    pub fn join(&self, doc: &str, conn: ConnHandle) -> Arc<Room> {
+        let mut rooms = lock(&self.rooms);
+        let room = match rooms.get(doc) {
+            Some(r) => r.clone(),
+            None => {
+                let (events, rx) = mpsc::channel(ROOM_QUEUE);
+                let (ready_tx, ready) = watch::channel(false);
+                let room = Arc::new(Room {
+                    name: doc.to_string(),
+                    conns: Mutex::new(HashMap::new()),
+                    events,
+                    catchup: Notify::new(),
+                    ready,
+                    stop: self.cancel.child_token(),
+                    awareness: Mutex::new(HashMap::new()),
+                });
+                rooms.insert(doc.to_string(), room.clone());
+                self.tracker
+                    .spawn(run_room(room.clone(), rx, ready_tx, self.ctx.clone()));
+                room
+            }
+        };
+        lock(&room.conns).insert(conn.id, conn);
+        self.set_gauge(rooms.len());
+        room
+    }
+
+    /// Removes a connection; the last one out closes the room.
+    pub fn leave(&self, room: &Arc<Room>, id: ConnId) {
+        let mut rooms = lock(&self.rooms);
+        let empty = {
+            let mut conns = lock(&room.conns);
+            conns.remove(&id);
+            conns.is_empty()
+        };
+        if empty {
+            if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                rooms.remove(&room.name);
+            }
+            room.stop.cancel();
+        }
+        self.set_gauge(rooms.len());
+    }
+
+    fn set_gauge(&self, n: usize) {
+        self.ctx
+            .metrics
+            .open_documents
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn room(&self, doc: &str) -> Option<Arc<Room>> {
+        lock(&self.rooms).get(doc).cloned()
+    }
+
+    /// Hands a notification to the room of its document, if this bridge has it open.
+    pub fn route(&self, doc: &str, event: RoomEvent) {
+        let Some(room) = self.room(doc) else {
+            return;
+        };
+        match room.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(RoomEvent::Broadcast { .. })) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => room.catchup.notify_one(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// After the listener (re)connects: every room fetches what it may have missed.
+    pub fn catch_up_all(&self) {
+        for room in lock(&self.rooms).values() {
+            room.catchup.notify_one();
+        }
+    }
+}
+
+async fn run_room(
+    room: Arc<Room>,
+    mut rx: mpsc::Receiver<RoomEvent>,
+    ready: watch::Sender<bool>,
+    ctx: Arc<HubCtx>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    let mut last = loop {
+        let attempt = tokio::select! {
+            _ = room.stop.cancelled() => return,
+            r = db::head_seq(&ctx.pool, &room.name) => r,
+        };
+        match attempt {
+            Ok(seq) => break seq,
+            Err(e) => {
+                tracing::warn!(doc = %room.name, "cannot open document: {e}");
+                tokio::select! {
+                    _ = room.stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    };
+    let _ = ready.send(true);
+    loop {
+        tokio::select! {
+            biased;
+            _ = room.stop.cancelled() => return,
+            _ = room.catchup.notified() => last = catch_up(&room, &ctx, last).await,
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                last = handle_event(&room, &ctx, last, ev).await;
+            }
+        }
+    }
+}
+
+async fn handle_event(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, ev: RoomEvent) -> i64 {
+    match ev {
+        RoomEvent::Update {
+            seq_from,
+            seq_to,
+            origin,
+            update,
+        } => {
+            if let Some(o) = origin.as_deref() {
+                if o.starts_with(&ctx.own_prefix) {
+                    ctx.lag
+                        .arrived(&room.name, seq_to, &ctx.metrics.notify_lag_seconds);
+                }
+            }
+            if seq_to <= last {
+                return last;
+            }
+            match update {
+                Some(update) if seq_from == last + 1 => {
+                    let n = room.deliver(&protocol::update(update), origin.as_deref(), &ctx.metrics);
+                    ctx.metrics
+                        .updates_out
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    seq_to
+                }
+                _ => catch_up(room, ctx, last).await,
+            }
+        }
+        RoomEvent::Broadcast { origin, payload } => {
+            room.deliver_broadcast(&payload, origin.as_deref(), &ctx.metrics);
+            last
+        }
+        RoomEvent::Deleted => {
+            room.kick_all(Error::Deleted);
+            0
+        }
+    }
+}
+
+/// Delivers every stored update after `last`; returns the new last sequence.
+async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
+    ctx.metrics
+        .catchup_fetches
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match db::updates_since(&ctx.pool, &room.name, last).await {
+        Ok(rows) => {
+            let mut last = last;
+            for row in rows {
+                if row.seq <= last && row.origin.as_deref() != Some("checkpoint") {
+                    continue;
+                }
+                let n = room.deliver(
+                    &protocol::update(row.update),
+                    row.origin.as_deref(),
+                    &ctx.metrics,
+                );
+                ctx.metrics
+                    .updates_out
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                last = last.max(row.seq);
+            }
+            last
+        }
+        Err(e) => {
+            tracing::warn!(doc = %room.name, "catching up failed: {e}; retrying");
+            let room = room.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                room.catchup.notify_one();
+            });
+            last
+        }
+    }
+}

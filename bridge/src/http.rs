@@ -1,0 +1,228 @@
+//! HTTP API: document reads and writes, development login, health and metrics. Every answer
+//! carries `Cache-Control: no-store`; document reads carry `ETag: "<head seq>"` and honour
+//! `If-None-Match`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Access, Principal};
+use crate::db;
+use crate::error::{Error, Result};
+use crate::protocol;
+use crate::ws::TokenQuery;
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/docs/{doc}", get(get_doc))
+        .route("/api/docs/{doc}/state", get(get_state))
+        .route("/api/docs/{doc}/updates", post(post_update))
+        .route("/api/dev/login", post(dev_login))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response(no_store))
+}
+
+async fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn authorize(
+    st: &AppState,
+    headers: &HeaderMap,
+    q: &TokenQuery,
+    doc: &str,
+    needed: Access,
+) -> Result<Principal> {
+    db::validate_doc_name(doc)?;
+    let principal = st.auth.authenticate(headers, q.token.as_deref())?;
+    principal.require(doc, needed)?;
+    Ok(principal)
+}
+
+fn etag(seq: i64) -> String {
+    format!("\"{seq}\"")
+}
+
+fn matches_etag(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == tag || t == "*")
+}
+
+fn with_etag(mut resp: Response, seq: i64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&etag(seq)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// 304 when the client's ETag is still the head sequence.
+async fn not_modified(st: &AppState, headers: &HeaderMap, doc: &str) -> Result<Option<Response>> {
+    if headers.get(header::IF_NONE_MATCH).is_none() {
+        return Ok(None);
+    }
+    let head = db::head_seq(&st.pool, doc).await?;
+    Ok(matches_etag(headers, &etag(head))
+        .then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), head)))
+}
+
+/// `GET /api/docs/{doc}`: name, head sequence, text of `content`, and the document as JSON.
+async fn get_doc(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    authorize(&st, &headers, &q, &doc, Access::Read)?;
+    if let Some(resp) = not_modified(&st, &headers, &doc).await? {
+        return Ok(resp);
+    }
+    let (head, text, json) = db::summary(&st.pool, &doc).await?;
+    let json: serde_json::Value =
+        serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))?;
+    let body = json!({"name": doc, "head_seq": head, "text": text, "json": json});
+    Ok(with_etag(Json(body).into_response(), head))
+}
+
+/// `GET /api/docs/{doc}/state`: the whole document as one Yjs v1 update.
+async fn get_state(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    authorize(&st, &headers, &q, &doc, Access::Read)?;
+    if let Some(resp) = not_modified(&st, &headers, &doc).await? {
+        return Ok(resp);
+    }
+    let (head, state) = db::state(&st.pool, &doc).await?;
+    let resp = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        state,
+    )
+        .into_response();
+    Ok(with_etag(resp, head))
+}
+
+/// `POST /api/docs/{doc}/updates`: body is one Yjs v1 update; needs write access.
+async fn post_update(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    st.auth.check_origin(&headers)?;
+    authorize(&st, &headers, &q, &doc, Access::Write)?;
+    if body.is_empty() {
+        return Err(Error::BadRequest("empty body: expected a Yjs v1 update".into()));
+    }
+    if !protocol::check_update(&body)? {
+        let head = db::head_seq(&st.pool, &doc).await?;
+        return Ok(Json(json!({"name": doc, "seq": null, "head_seq": head})).into_response());
+    }
+    let origin = format!("{}/http", st.bridge_id);
+    let seq = st
+        .batcher
+        .submit(&doc, body.to_vec(), origin)
+        .await
+        .map_err(|_| Error::Internal("update lost".into()))??;
+    Ok(with_etag(
+        Json(json!({"name": doc, "seq": seq, "head_seq": seq})).into_response(),
+        seq,
+    ))
+}
+
+#[derive(Deserialize)]
+struct Login {
+    name: String,
+}
+
+/// `POST /api/dev/login {"name": ...}` (development mode only): sets the token cookie.
+async fn dev_login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    if !st.auth.is_dev() {
+        return Err(Error::NotFound);
+    }
+    st.auth.check_origin(&headers)?;
+    let login: Login = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest(format!("expected {{\"name\": \"...\"}}: {e}")))?;
+    let name = login.name.trim();
+    let n = name.chars().count();
+    if n == 0 || n > 64 || name.chars().any(char::is_control) {
+        return Err(Error::BadRequest("name must be 1 to 64 characters".into()));
+    }
+    let token = st.auth.dev_token(name)?;
+    let cookie = HeaderValue::from_str(&st.auth.dev_cookie(&token))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut resp = Json(json!({"name": name, "expires_in": crate::auth::DEV_TOKEN_SECS}))
+        .into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+/// `GET /healthz`: 200 when the database answers and the listener is connected, else 503.
+async fn healthz(State(st): State<AppState>) -> Response {
+    let database = matches!(
+        tokio::time::timeout(Duration::from_secs(3), db::ping(&st.pool)).await,
+        Ok(Ok(()))
+    );
+    let listener = st.listener_alive.load(Relaxed);
+    let ok = database && listener && !st.cancel.is_cancelled();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "database": database,
+        "listener": listener,
+        "bridge_id": st.bridge_id,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_match_strong_weak_and_lists() {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"3\", W/\"7\""));
+        assert!(matches_etag(&h, "\"7\""));
+        assert!(matches_etag(&h, "\"3\""));
+        assert!(!matches_etag(&h, "\"4\""));
+    }
+}

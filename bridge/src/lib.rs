@@ -1,0 +1,219 @@
+//! collab-bridge: serves Yjs clients (y-websocket protocol) and an HTTP API, with PostgreSQL
+//! (the pg_collab extension) as the only state: writes go through `collab.apply_updates`,
+//! everything clients receive comes from notifications on channel `collab`.
+
+pub mod auth;
+pub mod batch;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod protocol;
+pub mod ws;
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::services::ServeDir;
+
+use crate::auth::Auth;
+use crate::batch::Batcher;
+use crate::config::Config;
+use crate::fanout::Hub;
+use crate::metrics::{LagTracker, Metrics};
+
+/// Everything the handlers and tasks share.
+pub struct Shared {
+    pub cfg: Config,
+    pub bridge_id: String,
+    pub pool: Pool,
+    pub hub: Arc<Hub>,
+    pub batcher: Batcher,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub listener_alive: Arc<AtomicBool>,
+    /// Cancelled at shutdown.
+    pub cancel: CancellationToken,
+    /// Every connection, room, writer and the listener; waited for at shutdown.
+    pub tracker: TaskTracker,
+    listener_pg: tokio_postgres::Config,
+    next_conn_id: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// A place under `--max-connections`, given back on drop.
+pub struct ConnSlot(AppState);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.metrics.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+fn random_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+impl AppState {
+    /// Builds the state (no connection is made yet); fails on invalid configuration.
+    pub fn new(cfg: Config) -> Result<Self, String> {
+        let auth = Auth::from_config(&cfg)?;
+        let bridge_id = cfg.bridge_id.clone().unwrap_or_else(random_id);
+        if bridge_id.is_empty() || bridge_id.contains('/') || bridge_id.len() > 64 {
+            return Err("--bridge-id must be 1 to 64 characters without '/'".into());
+        }
+        let pool = db::pool(
+            db::pg_config(&cfg.database_url, &format!("collab-bridge {bridge_id}"))?,
+            cfg.pool_size,
+        )?;
+        let listener_pg =
+            db::pg_config(&cfg.database_url, &format!("collab-bridge-listener {bridge_id}"))?;
+        let metrics = Arc::new(Metrics::default());
+        let lag = Arc::new(LagTracker::default());
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let hub = Arc::new(Hub::new(
+            pool.clone(),
+            metrics.clone(),
+            lag.clone(),
+            &bridge_id,
+            tracker.clone(),
+            cancel.clone(),
+        ));
+        let batcher = Batcher::new(pool.clone(), metrics.clone(), lag, &bridge_id, tracker.clone());
+        Ok(AppState(Arc::new(Shared {
+            cfg,
+            bridge_id,
+            pool,
+            hub,
+            batcher,
+            auth,
+            metrics,
+            listener_alive: Arc::new(AtomicBool::new(false)),
+            cancel,
+            tracker,
+            listener_pg,
+            next_conn_id: AtomicU64::new(1),
+        })))
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Relaxed)
+    }
+
+    /// A connection slot, or None above `--max-connections`.
+    pub fn try_conn_slot(&self) -> Option<ConnSlot> {
+        let before = self.metrics.connections.fetch_add(1, Relaxed);
+        if before >= self.cfg.max_connections as u64 {
+            self.metrics.connections.fetch_sub(1, Relaxed);
+            self.metrics.connections_refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        self.metrics.connections_total.fetch_add(1, Relaxed);
+        Some(ConnSlot(self.clone()))
+    }
+
+    /// Starts the LISTEN connection (on the task tracker).
+    pub fn spawn_listener(&self) {
+        let listener = listener::Listener {
+            pg: self.listener_pg.clone(),
+            hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
+            alive: self.listener_alive.clone(),
+            cancel: self.cancel.clone(),
+        };
+        self.tracker.spawn(listener.run());
+    }
+}
+
+/// The HTTP and WebSocket routes; `--static-dir` (if it exists) is served for everything else.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/ws/{*doc}", get(ws::upgrade))
+        .merge(http::routes())
+        .layer(DefaultBodyLimit::max(state.cfg.max_message_bytes));
+    if let Some(dir) = state.cfg.static_dir.as_ref().filter(|d| d.is_dir()) {
+        router = router.fallback_service(ServeDir::new(dir));
+    }
+    router.with_state(state)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the bridge until SIGTERM or Ctrl-C: then stops accepting, lets connections store their
+/// pending updates and closes them with 1012, and waits (bounded) for everything to finish.
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let grace = cfg.shutdown_grace();
+    let listen = cfg.listen;
+    let state = AppState::new(cfg)?;
+    if state.auth.is_dev() {
+        tracing::warn!("development mode: fixed token secret, POST /api/dev/login enabled");
+    }
+    state.spawn_listener();
+    let tcp = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "collab-bridge listening on http://{addr}");
+        let _ = out.flush();
+    }
+    tracing::info!(bridge_id = %state.bridge_id, "listening on http://{addr}");
+    let cancel = state.cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    let tracker = state.tracker.clone();
+    let server = axum::serve(tcp, app(state.clone()))
+        .with_graceful_shutdown(state.cancel.clone().cancelled_owned());
+    let served = server.await.map_err(|e| e.to_string());
+    state.cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown grace period over with {} tasks left", tracker.len());
+    }
+    served
+}

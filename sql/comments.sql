@@ -50,5 +50,5 @@ COMMENT ON FUNCTION prune(text, timestamptz) IS
 COMMENT ON FUNCTION broadcast(text, bytea, text) IS
   'broadcast(doc, payload, origin DEFAULT NULL). Ephemeral message (e.g. awareness) on channel '
   'collab: {"type":"broadcast","doc","origin","payload":base64}. Stored nowhere.';
-COMMENT ON FUNCTION _notify_payload(bigint, bigint, bigint, text, text, bytea[]) IS
-  'Internal: builds the NOTIFY payload of a batch for the trigger on collab.updates.';
+COMMENT ON FUNCTION _take_notification() IS
+  'Internal, for the trigger on collab.updates: the NOTIFY payload of the batch just inserted.';

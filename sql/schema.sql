@@ -50,30 +50,16 @@ COMMENT ON COLUMN updates.origin IS 'Free-form tag of the writer (e.g. a bridge 
 -- plpgsql resolves the Rust functions it calls at run time, so they may be created later.
 CREATE FUNCTION _notify_updates() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    r record;
-    payload text;
 BEGIN
-    FOR r IN
-        SELECT n.doc_id, min(n.seq) AS seq_from, max(n.seq) AS seq_to, min(n.origin) AS origin
-        FROM new_rows n GROUP BY n.doc_id
-    LOOP
-        payload := @extschema@._notify_payload(r.doc_id, r.seq_from, r.seq_to, r.origin, NULL, NULL);
-        IF payload IS NULL THEN
-            payload := @extschema@._notify_payload(
-                r.doc_id, r.seq_from, r.seq_to, r.origin,
-                (SELECT d.name FROM @extschema@.documents d WHERE d.id = r.doc_id),
-                ARRAY(SELECT n.update FROM new_rows n WHERE n.doc_id = r.doc_id ORDER BY n.seq));
-        END IF;
-        PERFORM pg_notify('collab', payload);
-    END LOOP;
+    -- The writer (collab.apply_update(s) or an SQL edit) left the batch's payload for us:
+    -- nothing is re-read or re-merged here, and no transition table is captured.
+    PERFORM pg_notify('collab', @extschema@._take_notification());
     RETURN NULL;
 END
 $$;
 
 CREATE TRIGGER notify_updates
     AFTER INSERT ON updates
-    REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION _notify_updates();
 
 CREATE FUNCTION _delete_document() RETURNS trigger
@@ -91,9 +77,10 @@ CREATE TRIGGER delete_document
     FOR EACH ROW EXECUTE FUNCTION _delete_document();
 
 COMMENT ON FUNCTION _notify_updates() IS
-  'Statement trigger on collab.updates: one NOTIFY on channel collab per document and batch, '
-  'payload {"type":"update","doc","seq_from","seq_to","origin","update"?} (update: base64, '
-  'only when the payload fits in 8000 bytes). Sent at commit only.';
+  'Statement trigger on collab.updates: one NOTIFY on channel collab per batch, payload '
+  '{"type":"update","doc","seq_from","seq_to","origin","update"?} (update: base64, only when '
+  'the payload fits in 8000 bytes). Sent at commit only. Rows not written by the collab '
+  'functions are refused.';
 COMMENT ON FUNCTION _delete_document() IS
   'Row trigger on collab.documents: removes the log and checkpoints of a deleted document and '
   'notifies {"type":"deleted","doc"}.';

@@ -116,3 +116,48 @@ async fn a_rollback_in_one_backend_misleads_neither() {
         .expect("edit");
     assert_eq!(text(&b, "rb").await, ">base kept");
 }
+
+#[tokio::test]
+async fn reads_work_in_read_only_transactions_and_writes_are_refused() {
+    let cluster = Cluster::start();
+    let writer = cluster.connect().await;
+    writer
+        .execute(
+            "SELECT collab.insert_text('ro', 'content', 0, 'readable')",
+            &[],
+        )
+        .await
+        .expect("edit");
+    writer
+        .execute("SELECT collab.compact('ro')", &[])
+        .await
+        .expect("compact");
+    writer
+        .execute("SELECT collab.insert_text('ro', 'content', 8, '!')", &[])
+        .await
+        .expect("edit");
+    // Like a hot standby: reads must not need a transaction id.
+    let reader = cluster.connect().await;
+    reader
+        .batch_execute("SET default_transaction_read_only = on")
+        .await
+        .expect("set");
+    assert_eq!(text(&reader, "ro").await, "readable!");
+    for sql in [
+        "SELECT collab.state('ro')::text",
+        "SELECT collab.diff('ro', '\\x00')::text",
+        "SELECT collab.text_at('ro', 1)",
+        "SELECT count(*)::text FROM collab.updates_since('ro', 0)",
+        "SELECT collab.to_json('ro')::text",
+    ] {
+        reader
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let err = reader
+        .execute("SELECT collab.insert_text('ro', 'content', 0, 'x')", &[])
+        .await
+        .expect_err("read-only");
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"));
+}

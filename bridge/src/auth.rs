@@ -213,9 +213,7 @@ impl Auth {
                 ErrorKind::InvalidAudience => Error::InvalidToken("wrong audience".into()),
                 ErrorKind::InvalidIssuer => Error::InvalidToken("wrong issuer".into()),
                 ErrorKind::ImmatureSignature => Error::InvalidToken("not valid yet".into()),
-                ErrorKind::InvalidAlgorithm => {
-                    Error::InvalidToken("algorithm not accepted".into())
-                }
+                ErrorKind::InvalidAlgorithm => Error::InvalidToken("algorithm not accepted".into()),
                 ErrorKind::InvalidSignature => Error::InvalidToken("bad signature".into()),
                 ErrorKind::MissingRequiredClaim(c) => {
                     Error::InvalidToken(format!("missing claim {c}"))
@@ -261,7 +259,11 @@ impl Auth {
         None
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Principal> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Principal> {
         let token = self
             .token_from(headers, query_token)
             .ok_or(Error::Unauthenticated)?;
@@ -279,7 +281,11 @@ impl Auth {
             .map_err(|_| Error::OriginNotAllowed("unreadable Origin".into()))?
             .trim_end_matches('/')
             .to_ascii_lowercase();
-        if self.allowed_origins.iter().any(|o| o == "*" || *o == origin) {
+        if self
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || *o == origin)
+        {
             return Ok(());
         }
         if self.allowed_origins.is_empty() || self.is_dev() {

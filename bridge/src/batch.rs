@@ -82,7 +82,9 @@ impl Batcher {
                 queues.insert(doc.to_string(), vec![item]);
                 let inner = self.inner.clone();
                 let doc = doc.to_string();
-                self.inner.tracker.spawn(async move { writer(inner, doc).await });
+                self.inner
+                    .tracker
+                    .spawn(async move { writer(inner, doc).await });
             }
         }
         rx
@@ -143,7 +145,9 @@ async fn call(inner: &Inner, doc: &str, updates: &[&[u8]], origin: &str) -> Resu
             m.batch_size.observe(updates.len() as f64);
             m.commit_seconds.observe_duration(started.elapsed());
             m.updates_in.fetch_add(updates.len() as u64, Relaxed);
-            inner.lag.committed(doc, *last, started, &m.notify_lag_seconds);
+            inner
+                .lag
+                .committed(doc, *last, started, &m.notify_lag_seconds);
         }
         Err(e) if e.is_client_data() && updates.len() == 1 => {
             m.updates_rejected.fetch_add(updates.len() as u64, Relaxed);

@@ -111,9 +111,12 @@ impl Room {
     /// from the database afterwards and what the room delivers leave no gap between them).
     pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
         let mut ready = self.ready.clone();
-        match tokio::time::timeout(limit, ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Error::ShuttingDown),
+        let outcome = tokio::time::timeout(limit, ready.wait_for(|r| *r))
+            .await
+            .map(|r| r.is_ok());
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::ShuttingDown),
             Err(_) => Err(Error::Unavailable(
                 "document could not be opened in time".into(),
             )),
@@ -353,7 +356,8 @@ async fn handle_event(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, ev: RoomEv
             }
             match update {
                 Some(update) if seq_from == last + 1 => {
-                    let n = room.deliver(&protocol::update(update), origin.as_deref(), &ctx.metrics);
+                    let n =
+                        room.deliver(&protocol::update(update), origin.as_deref(), &ctx.metrics);
                     ctx.metrics
                         .updates_out
                         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);

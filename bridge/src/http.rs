@@ -134,7 +134,9 @@ async fn post_update(
     st.auth.check_origin(&headers)?;
     authorize(&st, &headers, &q, &doc, Access::Write)?;
     if body.is_empty() {
-        return Err(Error::BadRequest("empty body: expected a Yjs v1 update".into()));
+        return Err(Error::BadRequest(
+            "empty body: expected a Yjs v1 update".into(),
+        ));
     }
     if !protocol::check_update(&body)? {
         let head = db::head_seq(&st.pool, &doc).await?;
@@ -158,7 +160,11 @@ struct Login {
 }
 
 /// `POST /api/dev/login {"name": ...}` (development mode only): sets the token cookie.
-async fn dev_login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+async fn dev_login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
     if !st.auth.is_dev() {
         return Err(Error::NotFound);
     }
@@ -173,8 +179,8 @@ async fn dev_login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) 
     let token = st.auth.dev_token(name)?;
     let cookie = HeaderValue::from_str(&st.auth.dev_cookie(&token))
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let mut resp = Json(json!({"name": name, "expires_in": crate::auth::DEV_TOKEN_SECS}))
-        .into_response();
+    let mut resp =
+        Json(json!({"name": name, "expires_in": crate::auth::DEV_TOKEN_SECS})).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(resp)
 }
@@ -220,7 +226,10 @@ mod tests {
     #[test]
     fn etags_match_strong_weak_and_lists() {
         let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"3\", W/\"7\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"3\", W/\"7\""),
+        );
         assert!(matches_etag(&h, "\"7\""));
         assert!(matches_etag(&h, "\"3\""));
         assert!(!matches_etag(&h, "\"4\""));

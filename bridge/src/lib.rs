@@ -85,8 +85,10 @@ impl AppState {
             db::pg_config(&cfg.database_url, &format!("collab-bridge {bridge_id}"))?,
             cfg.pool_size,
         )?;
-        let listener_pg =
-            db::pg_config(&cfg.database_url, &format!("collab-bridge-listener {bridge_id}"))?;
+        let listener_pg = db::pg_config(
+            &cfg.database_url,
+            &format!("collab-bridge-listener {bridge_id}"),
+        )?;
         let metrics = Arc::new(Metrics::default());
         let lag = Arc::new(LagTracker::default());
         let cancel = CancellationToken::new();
@@ -99,7 +101,13 @@ impl AppState {
             tracker.clone(),
             cancel.clone(),
         ));
-        let batcher = Batcher::new(pool.clone(), metrics.clone(), lag, &bridge_id, tracker.clone());
+        let batcher = Batcher::new(
+            pool.clone(),
+            metrics.clone(),
+            lag,
+            &bridge_id,
+            tracker.clone(),
+        );
         Ok(AppState(Arc::new(Shared {
             cfg,
             bridge_id,
@@ -213,7 +221,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     state.cancel.cancel();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("shutdown grace period over with {} tasks left", tracker.len());
+        tracing::warn!(
+            "shutdown grace period over with {} tasks left",
+            tracker.len()
+        );
     }
     served
 }

@@ -143,10 +143,14 @@ impl Listener {
     }
 
     /// One connection's life: Ok when shutting down, Err when it broke.
-    async fn session(&self, backoff: &mut Backoff, connected_before: &mut bool) -> Result<(), String> {
+    async fn session(
+        &self,
+        backoff: &mut Backoff,
+        connected_before: &mut bool,
+    ) -> Result<(), String> {
         let (client, mut connection) = tokio::select! {
             _ = self.cancel.cancelled() => return Ok(()),
-            r = self.pg.connect(NoTls) => r.map_err(|e| e.to_string())?,
+            r = self.pg.connect(NoTls) => r.map_err(|e| describe(&e))?,
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
         let driver = tokio::spawn(async move {
@@ -159,7 +163,7 @@ impl Listener {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(describe(&e)),
                 }
             }
             Err("connection closed".to_string())
@@ -168,7 +172,7 @@ impl Listener {
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| describe(&e))?;
         tracing::info!("listening on channel {CHANNEL}");
         self.alive.store(true, Relaxed);
         self.metrics.listener_up.store(1, Relaxed);
@@ -196,7 +200,7 @@ impl Listener {
                 _ = ping.tick() => {
                     match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(e.to_string()),
+                        Ok(Err(e)) => return Err(describe(&e)),
                         Err(_) => return Err("ping timed out".into()),
                     }
                 }
@@ -212,6 +216,15 @@ impl Listener {
         if let Some((doc, event)) = parse(n.payload()) {
             self.hub.route(&doc, event);
         }
+    }
+}
+
+/// A readable description of a driver or query error (the Display of server errors is just
+/// "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
     }
 }
 

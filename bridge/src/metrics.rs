@@ -234,7 +234,9 @@ impl LagTracker {
     /// A batch started at `started` was committed as `..=seq_to`.
     pub fn committed(&self, doc: &str, seq_to: i64, started: Instant, hist: &Histogram) {
         self.with_marks(|m| match m.remove(&(doc.to_string(), seq_to)) {
-            Some(LagMark::Arrived(t)) => hist.observe_duration(t.saturating_duration_since(started)),
+            Some(LagMark::Arrived(t)) => {
+                hist.observe_duration(t.saturating_duration_since(started))
+            }
             _ => {
                 m.insert((doc.to_string(), seq_to), LagMark::Started(started));
             }

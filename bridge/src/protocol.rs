@@ -132,14 +132,16 @@ pub fn decode_awareness_frame(payload: &[u8]) -> Option<AwarenessUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::{Doc, GetString, Text, Transact};
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
     #[test]
     fn round_trips_sync_messages() {
         let doc = Doc::new();
         let text = doc.get_or_insert_text("content");
         text.push(&mut doc.transact_mut(), "hi");
-        let u = doc.transact().encode_state_as_update_v1(&StateVector::default());
+        let u = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
         assert!(check_update(&u).unwrap_or(false));
         match decode(&update(u.clone())) {
             Ok(Incoming::Update(got)) => assert_eq!(got, u),
@@ -165,7 +167,9 @@ mod tests {
             &[][..],
             &[0xff, 0xff, 0xff][..],
             &[0, 2, 200, 1][..],
-            &[1, 5, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f][..],
+            &[
+                1, 5, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+            ][..],
             &[0, 7][..],
         ] {
             assert!(decode(bad).is_err(), "{bad:?}");

@@ -186,7 +186,10 @@ async fn run(
     }
     let _ = close_tx.send((code, reason));
     drop(handle);
-    if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
+    if tokio::time::timeout(WRITER_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
 }
@@ -213,7 +216,11 @@ fn read_error(e: axum::Error) -> Option<Error> {
 
 impl Conn {
     /// Runs the connection until it ends; returns why (None: the client left).
-    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>, expires_at: u64) -> Option<Error> {
+    async fn serve(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        expires_at: u64,
+    ) -> Option<Error> {
         if let Err(e) = self.room.wait_ready(READY_TIMEOUT).await {
             return Some(e);
         }

@@ -93,6 +93,9 @@ pub fn put(mut entry: Entry) {
 }
 
 fn settle(committed: bool) {
+    if !committed {
+        crate::notify::clear_stash();
+    }
     CACHE.with(|c| {
         // Never panic in a transaction callback: if the cache is busy, leave it.
         if let Ok(mut c) = c.try_borrow_mut() {

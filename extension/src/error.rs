@@ -38,6 +38,10 @@ pub enum CollabError {
     PayloadTooLarge { size: usize, limit: usize },
     #[error("stored data of document \"{doc}\" is unreadable: {reason}")]
     Corrupt { doc: String, reason: String },
+    #[error(
+        "collab.updates is written only through collab.apply_update(s) and the edit functions"
+    )]
+    DirectWrite,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -61,6 +65,7 @@ impl CollabError {
             CollabError::WrongType { .. } => ERRCODE_WRONG_OBJECT_TYPE,
             CollabError::Pruned { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CollabError::Corrupt { .. } => ERRCODE_DATA_CORRUPTED,
+            CollabError::DirectWrite => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CollabError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -94,19 +94,23 @@ pub fn decode_update(bytes: &[u8], limit: usize) -> Result<Update> {
 /// Integrates already decoded updates into `doc`, in order, in one yrs transaction, and
 /// re-encodes what changed: the steps that have been seen to panic on hostile input.
 ///
+/// Returns what the batch changed as one update (the notification carries it) unless some of
+/// it is still pending on missing dependencies, in which case the caller merges the raw batch.
 /// On error the document may be half-modified and must be discarded by the caller.
-pub fn integrate(doc: &Doc, updates: Vec<Update>, doc_name: &str) -> Result<()> {
-    let outcome = guarded(|| -> std::result::Result<(), String> {
+pub fn integrate(doc: &Doc, updates: Vec<Update>, doc_name: &str) -> Result<Option<Vec<u8>>> {
+    let outcome = guarded(|| -> std::result::Result<Option<Vec<u8>>, String> {
         let mut txn = doc.transact_mut();
         for update in updates {
             txn.apply_update(update).map_err(|e| e.to_string())?;
         }
-        let _ = txn.encode_update_v1();
+        let changed = txn.encode_update_v1();
         let _ = txn.state_vector().encode_v1();
-        Ok(())
+        let store = txn.store();
+        let settled = store.pending_update().is_none() && store.pending_ds().is_none();
+        Ok(settled.then_some(changed))
     });
     match outcome {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(changed)) => Ok(changed),
         Ok(Err(reason)) | Err(reason) => Err(CollabError::Unintegrable {
             doc: doc_name.to_string(),
             reason,

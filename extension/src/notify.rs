@@ -1,8 +1,8 @@
 //! NOTIFY payloads on channel `collab` (format documented in the README).
 //!
-//! The statement trigger on `collab.updates` sends one notification per batch. When the batch
-//! came through `collab.apply_updates` (or an SQL edit), the writer has stashed the merged
-//! batch here just before its INSERT, so the trigger need not re-aggregate the rows.
+//! The statement trigger on `collab.updates` sends one notification per batch. The writer
+//! stashes the batch (as one update) here just before its INSERT, so the trigger neither
+//! captures a transition table nor re-merges the rows.
 
 use std::cell::RefCell;
 
@@ -20,10 +20,10 @@ pub const CHANNEL: &str = "collab";
 const MERGE_LIMIT: usize = 256 * 1024;
 
 struct Stash {
-    doc_id: i64,
     name: String,
     seq_from: i64,
     seq_to: i64,
+    origin: Option<String>,
     merged: Option<Vec<u8>>,
 }
 
@@ -39,20 +39,38 @@ fn merged(updates: &[&[u8]]) -> Option<Vec<u8>> {
     merge::merge_updates(updates)
 }
 
-pub fn stash(row: &DocRow, seq_from: i64, seq_to: i64, updates: &[Vec<u8>]) {
-    let slices: Vec<&[u8]> = updates.iter().map(Vec::as_slice).collect();
+/// Remembers the batch about to be inserted. `combined` is the batch as one update when the
+/// writer has it already (yrs encodes what a transaction changed far faster than it merges).
+pub fn stash(
+    row: &DocRow,
+    seq_from: i64,
+    seq_to: i64,
+    updates: &[Vec<u8>],
+    combined: Option<&[u8]>,
+    origin: Option<&str>,
+) {
+    let merged = match (combined, updates) {
+        (Some(c), _) => Some(c.to_vec()),
+        (None, [one]) => Some(one.clone()),
+        (None, many) => merged(&many.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+    };
     let stash = Stash {
-        doc_id: row.id,
         name: row.name.clone(),
         seq_from,
         seq_to,
-        merged: merged(&slices),
+        origin: origin.map(str::to_string),
+        merged,
     };
     STASH.with(|s| *s.borrow_mut() = Some(stash));
 }
 
 pub fn clear_stash() {
-    STASH.with(|s| *s.borrow_mut() = None);
+    // Also called from transaction callbacks, which must never panic.
+    STASH.with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            *s = None;
+        }
+    });
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -89,33 +107,15 @@ fn update_payload(
     body.to_string()
 }
 
-/// The payload for rows `seq_from..=seq_to` of document `doc_id`. Uses the writer's stash when
-/// it matches; otherwise needs the rows' updates (returns None to ask for them).
-pub fn payload_for(
-    doc_id: i64,
-    name: Option<&str>,
-    seq_from: i64,
-    seq_to: i64,
-    origin: Option<&str>,
-    updates: Option<&[&[u8]]>,
-) -> Option<String> {
-    let from_stash = STASH.with(|s| {
-        let s = s.borrow();
-        let s = s.as_ref()?;
-        (s.doc_id == doc_id && s.seq_from == seq_from && s.seq_to == seq_to)
-            .then(|| update_payload(&s.name, seq_from, seq_to, origin, s.merged.as_deref()))
-    });
-    if from_stash.is_some() {
-        return from_stash;
-    }
-    let updates = updates?;
-    let name = name?;
+/// Takes the payload of the batch stashed by the writer of the current statement.
+pub fn take() -> Option<String> {
+    let stash = STASH.with(|s| s.borrow_mut().take())?;
     Some(update_payload(
-        name,
-        seq_from,
-        seq_to,
-        origin,
-        merged(updates).as_deref(),
+        &stash.name,
+        stash.seq_from,
+        stash.seq_to,
+        stash.origin.as_deref(),
+        stash.merged.as_deref(),
     ))
 }
 

@@ -455,33 +455,19 @@ mod tests {
     }
 
     #[pg_test]
-    fn notification_payload_inlines_small_batches() {
-        let p = Peer::new(1);
-        let u1 = p.insert(0, "a");
-        let u2 = p.insert(1, "b");
-        let payload: String = one_with(
-            "SELECT collab._notify_payload(42, 3, 4, 'o', 'doc', $1)",
-            &[vec![u1, u2].into()],
-        );
-        let v: serde_json::Value = serde_json::from_str(&payload).expect("json");
-        assert_eq!(v["type"], "update");
-        assert_eq!(v["doc"], "doc");
+    fn the_log_is_written_only_through_the_collab_functions() {
+        apply("direct", &Peer::new(1).insert(0, "x"));
+        let id: i64 = one("SELECT id FROM collab.documents WHERE name = 'direct'");
+        let u = hex(&Peer::new(2).insert(0, "y"));
         assert_eq!(
-            (v["seq_from"].as_i64(), v["seq_to"].as_i64()),
-            (Some(3), Some(4))
+            sqlstate(&format!(
+                "INSERT INTO collab.updates (doc_id, seq, update) VALUES ({id}, 2, '\\x{u}')"
+            )),
+            "42501"
         );
-        use base64::Engine;
-        let merged = base64::engine::general_purpose::STANDARD
-            .decode(v["update"].as_str().expect("inline"))
-            .expect("base64");
-        let q = Peer::new(2);
-        q.receive(&merged);
-        assert_eq!(q.text(), "ab");
-        assert!(
-            Spi::get_one::<String>("SELECT collab._notify_payload(42, 3, 4, 'o', NULL, NULL)")
-                .expect("spi")
-                .is_none()
-        );
+        assert_eq!(count("SELECT count(*) FROM collab.updates"), 1);
+        let through_the_function = format!("SELECT collab.apply_update('direct', '\\x{u}')");
+        assert_eq!(one::<i64>(&through_the_function), 2);
     }
 
     #[pg_test]

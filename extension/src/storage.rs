@@ -59,9 +59,12 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// Runs `sql` through a plan prepared on first use and kept for the backend's life.
-fn run<'conn>(
+/// Runs `sql` through a plan prepared on first use and kept for the backend's life. Reads
+/// (`mutating == false`) take no transaction id, so they work in read-only transactions and on
+/// standbys.
+fn exec<'conn>(
     client: &mut SpiClient<'conn>,
+    mutating: bool,
     sql: &'static str,
     types: &[PgOid],
     args: &[DatumWithOid],
@@ -70,12 +73,39 @@ fn run<'conn>(
     let plan = match cached {
         Some(plan) => plan,
         None => {
-            let plan = Rc::new(client.prepare_mut(sql, types).map_err(spi_err)?.keep());
+            let prepared = if mutating {
+                client.prepare_mut(sql, types)
+            } else {
+                client.prepare(sql, types)
+            };
+            let plan = Rc::new(prepared.map_err(spi_err)?.keep());
             PLANS.with(|p| p.borrow_mut().insert(sql, Rc::clone(&plan)));
             plan
         }
     };
-    client.update(&*plan, None, args).map_err(spi_err)
+    if mutating {
+        client.update(&*plan, None, args).map_err(spi_err)
+    } else {
+        client.select(&*plan, None, args).map_err(spi_err)
+    }
+}
+
+fn run<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid],
+) -> Result<SpiTupleTable<'conn>> {
+    exec(client, true, sql, types, args)
+}
+
+fn query<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[PgOid],
+    args: &[DatumWithOid],
+) -> Result<SpiTupleTable<'conn>> {
+    exec(client, false, sql, types, args)
 }
 
 fn row_from(table: SpiTupleTable, name: &str) -> Result<Option<DocRow>> {
@@ -103,7 +133,7 @@ fn row_from(table: SpiTupleTable, name: &str) -> Result<Option<DocRow>> {
 /// The document's row without a lock, or None if it was never written.
 pub fn find(name: &str) -> Result<Option<DocRow>> {
     Spi::connect_mut(|client| {
-        let t = run(
+        let t = query(
             client,
             select_row!("SELECT ", "FROM collab.documents WHERE name = $1"),
             &[TEXT],
@@ -141,7 +171,7 @@ pub fn lock(name: &str, create: bool) -> Result<Option<DocRow>> {
 
 /// Log rows with `after < seq <= upto`, in order.
 fn log_rows(client: &mut SpiClient, doc_id: i64, after: i64, upto: i64) -> Result<Vec<Vec<u8>>> {
-    let t = run(
+    let t = query(
         client,
         "SELECT update FROM collab.updates WHERE doc_id = $1 AND seq > $2 AND seq <= $3 \
          ORDER BY seq",
@@ -162,7 +192,7 @@ fn checkpoint_at_or_before(
     doc_id: i64,
     seq: i64,
 ) -> Result<Option<(i64, Vec<u8>)>> {
-    let t = run(
+    let t = query(
         client,
         "SELECT seq, state FROM collab.checkpoints WHERE doc_id = $1 AND seq <= $2 \
          ORDER BY seq DESC LIMIT 1",
@@ -232,13 +262,19 @@ pub fn open(row: &DocRow) -> Result<Entry> {
 }
 
 /// Appends validated updates after `row.head_seq` in one statement (so the NOTIFY trigger
-/// fires once for the batch) and advances the row. Returns the last sequence assigned.
-pub fn append(row: &mut DocRow, updates: &[Vec<u8>], origin: Option<&str>) -> Result<i64> {
+/// fires once for the batch) and advances the row. `combined` is the batch as one update when
+/// the caller already has it. Returns the last sequence assigned.
+pub fn append(
+    row: &mut DocRow,
+    updates: &[Vec<u8>],
+    combined: Option<&[u8]>,
+    origin: Option<&str>,
+) -> Result<i64> {
     let n = updates.len() as i64;
     let bytes: i64 = updates.iter().map(|u| u.len() as i64).sum();
     let seq_from = row.head_seq + 1;
     let seq_to = row.head_seq + n;
-    notify::stash(row, seq_from, seq_to, updates);
+    notify::stash(row, seq_from, seq_to, updates, combined, origin);
     Spi::connect_mut(|client| {
         run(
             client,
@@ -341,7 +377,7 @@ pub fn rows_since(row: &DocRow, after: i64) -> Result<Vec<LogRow>> {
                 from = seq;
             }
         }
-        let t = run(
+        let t = query(
             client,
             "SELECT seq, update, origin, created_at FROM collab.updates \
              WHERE doc_id = $1 AND seq > $2 ORDER BY seq",

@@ -144,17 +144,10 @@ fn broadcast(doc: Option<&str>, payload: Option<&[u8]>, origin: default!(Option<
     .or_raise()
 }
 
-/// Internal, for the NOTIFY trigger: the payload for a batch of log rows. Without `name` and
-/// `updates` it answers only from the writer's stash (NULL when there is none).
+/// Internal, for the NOTIFY trigger: the payload of the batch the current statement inserted.
+/// Rows inserted by anything but the collab functions have none, and are refused: they would
+/// bypass validation and the document's sequence.
 #[pg_extern]
-fn _notify_payload(
-    doc_id: i64,
-    seq_from: i64,
-    seq_to: i64,
-    origin: Option<&str>,
-    name: Option<&str>,
-    updates: Option<Array<&[u8]>>,
-) -> Option<String> {
-    let updates: Option<Vec<&[u8]>> = updates.as_ref().map(|a| a.iter().flatten().collect());
-    notify::payload_for(doc_id, name, seq_from, seq_to, origin, updates.as_deref())
+fn _take_notification() -> String {
+    notify::take().ok_or(CollabError::DirectWrite).or_raise()
 }

@@ -73,7 +73,7 @@ fn write(
         }
     };
     entry.dirty = true;
-    let seq = storage::append(&mut row, &[update], origin)?;
+    let seq = storage::append(&mut row, &[update], None, origin)?;
     entry.seq = seq;
     storage::maybe_compact(&mut row, &entry)?;
     cache::put(entry);

@@ -28,9 +28,9 @@ fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64>
     let mut entry = storage::open(&row)?;
     // The update must integrate into the current document before it is stored: one that
     // makes yrs fail would otherwise make the document unreadable for everyone.
-    merge::integrate(&entry.doc, decoded, name)?;
+    let combined = merge::integrate(&entry.doc, decoded, name)?;
     entry.dirty = true;
-    let seq = storage::append(&mut row, &updates, origin)?;
+    let seq = storage::append(&mut row, &updates, combined.as_deref(), origin)?;
     entry.seq = seq;
     storage::maybe_compact(&mut row, &entry)?;
     cache::put(entry);

@@ -1,0 +1,194 @@
+//! Access control against a real bridge: token checks, Origin allow-list, read-only tokens,
+//! token expiry during a connection, development mode.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_foreign_origins_are_refused() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &["--allowed-origins", "https://app.example"]).await;
+    let url = b.ws_url("secret-doc");
+    let status = |r: Result<YClient, Refused>| match r {
+        Ok(_) => 101,
+        Err(Refused(s)) => s,
+    };
+    let good = token(&[("secret-*", "write")]);
+    let cases: Vec<(&str, Option<String>, u16)> = vec![
+        ("no token", None, 401),
+        (
+            "forged signature",
+            Some(token_with(
+                "another secret that is also long enough!!",
+                &[("*", "write")],
+                3600,
+                ISSUER,
+                AUDIENCE,
+            )),
+            401,
+        ),
+        (
+            "expired",
+            Some(token_with(
+                SECRET,
+                &[("*", "write")],
+                -3600,
+                ISSUER,
+                AUDIENCE,
+            )),
+            401,
+        ),
+        ("alg none", Some(alg_none_token()), 401),
+        (
+            "wrong audience",
+            Some(token_with(
+                SECRET,
+                &[("*", "write")],
+                3600,
+                ISSUER,
+                "someone-else",
+            )),
+            401,
+        ),
+        (
+            "wrong issuer",
+            Some(token_with(
+                SECRET,
+                &[("*", "write")],
+                3600,
+                "mallory",
+                AUDIENCE,
+            )),
+            401,
+        ),
+        ("garbage", Some("not.a.jwt".into()), 401),
+        (
+            "no right on the doc",
+            Some(token(&[("other", "write")])),
+            403,
+        ),
+        ("good", Some(good.clone()), 101),
+    ];
+    for (what, tok, expected) in cases {
+        let got = status(YClient::connect_with(&url, tok.as_deref(), None).await);
+        assert_eq!(got, expected, "{what}");
+    }
+    // Origins: listed one accepted, foreign one refused even with a good token.
+    let got = status(YClient::connect_with(&url, Some(&good), Some("https://app.example")).await);
+    assert_eq!(got, 101, "allowed origin");
+    let got = status(YClient::connect_with(&url, Some(&good), Some("https://evil.example")).await);
+    assert_eq!(got, 403, "foreign origin");
+    // ?token= is off unless enabled.
+    let got = status(YClient::connect_with(&format!("{url}?token={good}"), None, None).await);
+    assert_eq!(got, 401, "query token disabled by default");
+    // The cookie works.
+    let got = status(
+        YClient::connect_headers(&url, Some(("cookie", format!("collab_token={good}"))), None)
+            .await,
+    );
+    assert_eq!(got, 101, "cookie");
+    // HTTP answers with the JSON error shape.
+    let r = http(b.addr, "GET", "/api/docs/secret-doc", &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "unauthenticated");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_token_works_when_enabled() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &["--allow-query-token"]).await;
+    let t = writer_token();
+    let c = YClient::connect(&format!("{}?token={t}", b.ws_url("q")), None).await;
+    c.wait_synced().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_tokens_cannot_write() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &[]).await;
+    let reader = YClient::connect(&b.ws_url("ro/doc"), Some(&token(&[("ro/*", "read")]))).await;
+    reader.wait_synced().await;
+    reader.insert(0, "sneaky");
+    wait_for("permission denied", Duration::from_secs(10), || {
+        !reader.log.lock().unwrap().denied.is_empty()
+    })
+    .await;
+    assert!(reader.log.lock().unwrap().denied[0].contains("read-only"));
+    assert_eq!(pg.update_rows("ro/doc").await.0, 0, "nothing stored");
+    // Still connected, still receiving.
+    pg.insert_text("ro/doc", 0, "server").await;
+    wait_for("server edit", Duration::from_secs(10), || {
+        reader.text().contains("server")
+    })
+    .await;
+    assert!(!pg.text("ro/doc").await.contains("sneaky"));
+    // Over HTTP too.
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/docs/ro%2Fdoc/updates",
+        &[(
+            "authorization",
+            &format!("Bearer {}", token(&[("ro/*", "read")])),
+        )],
+        &text_update("x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_closes_its_connection_with_4001() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &[]).await;
+    let t = token_with(SECRET, &[("*", "write")], 2, ISSUER, AUDIENCE);
+    let c = YClient::connect(&b.ws_url("exp"), Some(&t)).await;
+    c.wait_synced().await;
+    let (code, reason) = c.wait_close().await;
+    assert_eq!(code, 4001);
+    assert!(reason.contains("expired"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_logs_in_with_a_cookie_and_only_on_loopback() {
+    let pg = Pg::start();
+    let refused = Bridge::spawn(&pg, "x", &["--dev", "--listen", "0.0.0.0:0"]).await;
+    match refused {
+        Err(stderr) => assert!(stderr.contains("loopback"), "{stderr}"),
+        Ok(_) => panic!("--dev on 0.0.0.0 must be refused"),
+    }
+    let b = Bridge::start(&pg, "d", &["--dev"]).await;
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/dev/login",
+        &[("content-type", "application/json")],
+        br#"{"name": "Ada"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let cookie = r.header("set-cookie").unwrap().to_string();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let c = YClient::connect_headers(&b.ws_url("devdoc"), Some(("cookie", pair)), None)
+        .await
+        .unwrap();
+    c.wait_synced().await;
+    c.insert(0, "hi");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pg.text("devdoc").await != "hi" {
+        assert!(std::time::Instant::now() < deadline, "dev write not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

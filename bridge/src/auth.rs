@@ -271,7 +271,7 @@ impl Auth {
     }
 
     /// Browsers always send Origin on WebSocket upgrades and cross-site POSTs: it must be in the
-    /// allow-list, or (without a list) the same origin as Host. No Origin: not a browser; allowed.
+    /// allow-list (`*` allows all) or be the same origin as Host. No Origin: not a browser.
     pub fn check_origin(&self, headers: &HeaderMap) -> Result<()> {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Ok(());
@@ -288,17 +288,16 @@ impl Auth {
         {
             return Ok(());
         }
-        if self.allowed_origins.is_empty() || self.is_dev() {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_ascii_lowercase);
-            let origin_host = origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"));
-            if host.is_some() && origin_host == host.as_deref() {
-                return Ok(());
-            }
+        // Same origin: the page was served by this host (e.g. the demo page under `/`).
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let origin_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if host.is_some() && origin_host == host.as_deref() {
+            return Ok(());
         }
         Err(Error::OriginNotAllowed(origin))
     }

@@ -98,9 +98,8 @@ pub struct Config {
     #[arg(long, env = "COLLAB_ALLOW_QUERY_TOKEN", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub allow_query_token: bool,
 
-    /// Origins (scheme://host[:port]) allowed to open WebSockets and POST; comma-separated.
-    /// Without any, only same-origin requests (Origin matching Host) and non-browser clients
-    /// (no Origin header) are accepted.
+    /// Origins (scheme://host[:port]) allowed to open WebSockets and POST, comma-separated, on
+    /// top of the same origin (Origin matching Host) and non-browser clients (no Origin).
     #[arg(long, env = "COLLAB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 

@@ -41,6 +41,8 @@ pub enum Error {
     TooSlow,
     #[error("document deleted")]
     Deleted,
+    #[error("no message from the client for {0} s")]
+    Idle(u64),
     #[error("server shutting down")]
     ShuttingDown,
     #[error("database unavailable: {0}")]
@@ -69,6 +71,7 @@ impl Error {
             Error::Busy(_) => "busy",
             Error::TooSlow => "too_slow",
             Error::Deleted => "deleted",
+            Error::Idle(_) => "idle",
             Error::ShuttingDown => "shutting_down",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
@@ -89,6 +92,7 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Busy(_) | Error::TooSlow => StatusCode::TOO_MANY_REQUESTS,
             Error::Deleted => StatusCode::GONE,
+            Error::Idle(_) => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,6 +112,7 @@ impl Error {
             Error::TooSlow => 1008,
             Error::Busy(_) => 1013,
             Error::Deleted => CLOSE_DELETED,
+            Error::Idle(_) => 1001,
             Error::ShuttingDown => 1012,
             Error::Unavailable(_) | Error::Internal(_) => 1011,
         }

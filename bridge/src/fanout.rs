@@ -6,7 +6,7 @@
 //! to inline, a listener reconnect, a dropped event) makes the room fetch
 //! `collab.updates_since(last)`. Each connection has a bounded send queue; one that is full gets
 //! the connection closed (too slow). Nothing is echoed to the connection that wrote it: its
-//! origin (`<bridge-id>/<conn-id>`) is skipped.
+//! origin (`<bridge-id>/<conn-id>`) is skipped. Awareness, unlike updates, goes to everyone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,8 +21,9 @@ use tokio_util::task::TaskTracker;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::listener::Backoff;
-use crate::metrics::{LagTracker, Metrics};
-use crate::protocol;
+use crate::metrics::Metrics;
+use crate::protocol::{self, Incoming};
+use yrs::sync::awareness::AwarenessUpdate;
 
 pub type ConnId = u64;
 
@@ -135,13 +136,10 @@ impl Room {
         (!entries.is_empty()).then(|| protocol::awareness(entries))
     }
 
-    fn record_awareness(&self, payload: &[u8]) {
-        let Some(update) = protocol::decode_awareness_frame(payload) else {
-            return;
-        };
+    fn record_awareness(&self, update: &AwarenessUpdate) {
         let mut aw = lock(&self.awareness);
         let now = Instant::now();
-        for (id, clock, json) in protocol::awareness_entries(&update) {
+        for (id, clock, json) in protocol::awareness_entries(update) {
             if &*json == "null" {
                 aw.remove(&id);
             } else if aw.get(&id).is_none_or(|s| s.clock <= clock) {
@@ -173,10 +171,21 @@ impl Room {
         sent
     }
 
-    /// Relays an ephemeral message (awareness) and remembers the awareness states it carries.
-    pub fn deliver_broadcast(&self, payload: &[u8], origin: Option<&str>, metrics: &Metrics) {
-        self.record_awareness(payload);
-        self.deliver(&Bytes::copy_from_slice(payload), origin, metrics);
+    /// Relays an ephemeral message (awareness) to every connection, its sender included (as
+    /// the reference y-websocket server does: y-websocket clients count it as a sign of life
+    /// and reconnect after 30 s without any message), and remembers the awareness states.
+    /// Payloads that are not y-websocket messages (anyone may call `collab.broadcast`) are
+    /// dropped rather than handed to clients.
+    pub fn deliver_broadcast(&self, payload: &[u8], metrics: &Metrics) {
+        match protocol::decode(payload) {
+            Ok(Incoming::Awareness(update)) => self.record_awareness(&update),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(doc = %self.name, "dropping broadcast: {e}");
+                return;
+            }
+        }
+        self.deliver(&Bytes::copy_from_slice(payload), None, metrics);
     }
 
     fn kick_all(&self, reason: Error) {
@@ -189,8 +198,6 @@ impl Room {
 struct HubCtx {
     pool: Pool,
     metrics: Arc<Metrics>,
-    lag: Arc<LagTracker>,
-    own_prefix: String,
 }
 
 /// All open rooms of this bridge.
@@ -205,19 +212,12 @@ impl Hub {
     pub fn new(
         pool: Pool,
         metrics: Arc<Metrics>,
-        lag: Arc<LagTracker>,
-        bridge_id: &str,
         tracker: TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         Hub {
             rooms: Mutex::new(HashMap::new()),
-            ctx: Arc::new(HubCtx {
-                pool,
-                metrics,
-                lag,
-                own_prefix: format!("{bridge_id}/"),
-            }),
+            ctx: Arc::new(HubCtx { pool, metrics }),
             tracker,
             cancel,
         }
@@ -345,29 +345,19 @@ async fn handle_event(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, ev: RoomEv
             origin,
             update,
         } => {
-            if let Some(o) = origin.as_deref() {
-                if o.starts_with(&ctx.own_prefix) {
-                    ctx.lag
-                        .arrived(&room.name, seq_to, &ctx.metrics.notify_lag_seconds);
-                }
-            }
             if seq_to <= last {
                 return last;
             }
             match update {
                 Some(update) if seq_from == last + 1 => {
-                    let n =
-                        room.deliver(&protocol::update(update), origin.as_deref(), &ctx.metrics);
-                    ctx.metrics
-                        .updates_out
-                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    send_update(room, ctx, update, origin.as_deref());
                     seq_to
                 }
                 _ => catch_up(room, ctx, last).await,
             }
         }
-        RoomEvent::Broadcast { origin, payload } => {
-            room.deliver_broadcast(&payload, origin.as_deref(), &ctx.metrics);
+        RoomEvent::Broadcast { payload, .. } => {
+            room.deliver_broadcast(&payload, &ctx.metrics);
             last
         }
         RoomEvent::Deleted => {
@@ -377,6 +367,10 @@ async fn handle_event(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, ev: RoomEv
     }
 }
 
+/// Catch-ups of more rows than this are sent as one merged update, so that a long listener
+/// outage on a busy document does not overflow every client's send queue.
+const MERGE_ABOVE_ROWS: usize = 4;
+
 /// Delivers every stored update after `last`; returns the new last sequence.
 async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
     ctx.metrics
@@ -384,31 +378,62 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match db::updates_since(&ctx.pool, &room.name, last).await {
         Ok(rows) => {
-            let mut last = last;
-            for row in rows {
-                if row.seq <= last && row.origin.as_deref() != Some("checkpoint") {
-                    continue;
+            // A pruned history starts with the checkpoint row, whatever its sequence.
+            let rows: Vec<db::LogRow> = rows
+                .into_iter()
+                .filter(|r| r.seq > last || r.origin.as_deref() == Some("checkpoint"))
+                .collect();
+            let new_last = rows.iter().map(|r| r.seq).fold(last, i64::max);
+            let (origins, updates): (Vec<Option<String>>, Vec<Vec<u8>>) =
+                rows.into_iter().map(|r| (r.origin, r.update)).unzip();
+            let updates = if updates.len() > MERGE_ABOVE_ROWS {
+                let merged =
+                    tokio::task::spawn_blocking(move || (protocol::merge(&updates), updates)).await;
+                match merged {
+                    Ok((Some(update), merged_from)) => {
+                        tracing::debug!(doc = %room.name, rows = merged_from.len(), "catch-up merged");
+                        // Skip a writer only when every row is its own.
+                        let origin = match origins.first() {
+                            Some(first) if origins.iter().all(|o| o == first) => first.clone(),
+                            _ => None,
+                        };
+                        send_update(room, ctx, update, origin.as_deref());
+                        return new_last;
+                    }
+                    Ok((None, updates)) => updates,
+                    Err(e) => {
+                        tracing::warn!(doc = %room.name, "merging for catch-up failed: {e}");
+                        return catch_up_retry(room, last);
+                    }
                 }
-                let n = room.deliver(
-                    &protocol::update(row.update),
-                    row.origin.as_deref(),
-                    &ctx.metrics,
-                );
-                ctx.metrics
-                    .updates_out
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                last = last.max(row.seq);
+            } else {
+                updates
+            };
+            for (update, origin) in updates.into_iter().zip(origins) {
+                send_update(room, ctx, update, origin.as_deref());
             }
-            last
+            new_last
         }
         Err(e) => {
             tracing::warn!(doc = %room.name, "catching up failed: {e}; retrying");
-            let room = room.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                room.catchup.notify_one();
-            });
-            last
+            catch_up_retry(room, last)
         }
     }
+}
+
+/// Schedules another catch-up attempt; returns `last` unchanged.
+fn catch_up_retry(room: &Arc<Room>, last: i64) -> i64 {
+    let room = room.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        room.catchup.notify_one();
+    });
+    last
+}
+
+fn send_update(room: &Room, ctx: &HubCtx, update: Vec<u8>, origin: Option<&str>) {
+    let n = room.deliver(&protocol::update(update), origin, &ctx.metrics);
+    ctx.metrics
+        .updates_out
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }

@@ -47,6 +47,7 @@ pub struct Shared {
     /// Every connection, room, writer and the listener; waited for at shutdown.
     pub tracker: TaskTracker,
     listener_pg: tokio_postgres::Config,
+    lag: Arc<LagTracker>,
     next_conn_id: AtomicU64,
 }
 
@@ -96,15 +97,13 @@ impl AppState {
         let hub = Arc::new(Hub::new(
             pool.clone(),
             metrics.clone(),
-            lag.clone(),
-            &bridge_id,
             tracker.clone(),
             cancel.clone(),
         ));
         let batcher = Batcher::new(
             pool.clone(),
             metrics.clone(),
-            lag,
+            lag.clone(),
             &bridge_id,
             tracker.clone(),
         );
@@ -120,6 +119,7 @@ impl AppState {
             cancel,
             tracker,
             listener_pg,
+            lag,
             next_conn_id: AtomicU64::new(1),
         })))
     }
@@ -146,6 +146,8 @@ impl AppState {
             pg: self.listener_pg.clone(),
             hub: self.hub.clone(),
             metrics: self.metrics.clone(),
+            lag: self.lag.clone(),
+            own_prefix: format!("{}/", self.bridge_id),
             alive: self.listener_alive.clone(),
             cancel: self.cancel.clone(),
         };

@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{Hub, RoomEvent};
-use crate::metrics::Metrics;
+use crate::metrics::{LagTracker, Metrics};
 
 pub const CHANNEL: &str = "collab";
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -119,6 +119,9 @@ pub struct Listener {
     pub pg: tokio_postgres::Config,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    pub lag: Arc<LagTracker>,
+    /// `<bridge-id>/`: origins of this bridge's own writes (for the notification lag).
+    pub own_prefix: String,
     pub alive: Arc<AtomicBool>,
     pub cancel: CancellationToken,
 }
@@ -213,9 +216,21 @@ impl Listener {
             return;
         }
         self.metrics.notifications.fetch_add(1, Relaxed);
-        if let Some((doc, event)) = parse(n.payload()) {
-            self.hub.route(&doc, event);
+        let Some((doc, event)) = parse(n.payload()) else {
+            return;
+        };
+        if let RoomEvent::Update {
+            seq_to,
+            origin: Some(origin),
+            ..
+        } = &event
+        {
+            if origin.starts_with(&self.own_prefix) {
+                self.lag
+                    .arrived(&doc, *seq_to, &self.metrics.notify_lag_seconds);
+            }
         }
+        self.hub.route(&doc, event);
     }
 }
 

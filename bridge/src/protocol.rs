@@ -69,6 +69,11 @@ pub fn check_update(update: &[u8]) -> Result<bool> {
     Ok(!decoded.is_empty())
 }
 
+/// Several v1 updates as one (None if yrs cannot merge them).
+pub fn merge(updates: &[Vec<u8>]) -> Option<Vec<u8>> {
+    guarded(|| yrs::merge_updates_v1(updates)).ok()?.ok()
+}
+
 /// Checks that `sv` decodes as a v1 state vector.
 pub fn check_state_vector(sv: &[u8]) -> Result<()> {
     guarded(|| StateVector::decode_v1(sv))?
@@ -175,6 +180,26 @@ mod tests {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
         assert!(check_update(&[1, 2, 3, 4, 5]).is_err());
+    }
+
+    #[test]
+    fn merges_updates() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("content");
+        let mut parts = Vec::new();
+        for s in ["a", "b", "c"] {
+            let mut txn = doc.transact_mut();
+            text.push(&mut txn, s);
+            parts.push(txn.encode_update_v1());
+        }
+        let merged = merge(&parts).expect("merge");
+        let other = Doc::new();
+        let t2 = other.get_or_insert_text("content");
+        other
+            .transact_mut()
+            .apply_update(Update::decode_v1(&merged).expect("decode"))
+            .expect("apply");
+        assert_eq!(t2.get_string(&other.transact()), "abc");
     }
 
     #[test]

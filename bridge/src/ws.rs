@@ -33,6 +33,8 @@ use crate::protocol::{self, Incoming};
 use crate::{AppState, ConnSlot};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// A client that sends nothing (not even a pong to our pings) for this long is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(95);
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const WRITER_GRACE: Duration = Duration::from_secs(2);
 /// Awareness client ids one connection may announce (y-websocket uses one).
@@ -240,6 +242,8 @@ impl Conn {
         }
         let expiry = tokio::time::sleep(secs_until(expires_at));
         tokio::pin!(expiry);
+        let idle = tokio::time::sleep(IDLE_TIMEOUT);
+        tokio::pin!(idle);
         let kick = self.handle.kick.clone();
         let cancel = self.st.cancel.clone();
         let max_pending = self.st.cfg.max_pending_updates.max(1);
@@ -252,12 +256,15 @@ impl Conn {
                 }
                 _ = kick.cancelled() => return Some(self.kicked()),
                 _ = &mut expiry => return Some(Error::TokenExpired),
+                _ = &mut idle => return Some(Error::Idle(IDLE_TIMEOUT.as_secs())),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => match done {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Some(e),
                     Err(_) => return Some(Error::Internal("update lost".into())),
                 },
-                msg = stream.next(), if self.pending.len() < max_pending => match msg {
+                msg = stream.next(), if self.pending.len() < max_pending => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    match msg {
                     None | Some(Ok(Message::Close(_))) => return None,
                     Some(Err(e)) => return read_error(e),
                     Some(Ok(Message::Binary(frame))) => {
@@ -271,7 +278,8 @@ impl Conn {
                         ))
                     }
                     Some(Ok(_)) => {}
-                },
+                    }
+                }
             }
         }
     }
@@ -416,7 +424,7 @@ async fn publish_awareness(st: &AppState, room: &Arc<Room>, origin: &str, frame:
     match db::broadcast(&st.pool, &room.name, frame, origin).await {
         Ok(()) => {}
         // Too big for a notification: at least this bridge's clients get it.
-        Err(Error::TooLarge(_)) => room.deliver_broadcast(frame, Some(origin), &st.metrics),
+        Err(Error::TooLarge(_)) => room.deliver_broadcast(frame, &st.metrics),
         Err(e) => tracing::debug!(doc = %room.name, "awareness not relayed: {e}"),
     }
 }

@@ -82,6 +82,9 @@ async fn bad_tokens_and_foreign_origins_are_refused() {
     assert_eq!(got, 101, "allowed origin");
     let got = status(YClient::connect_with(&url, Some(&good), Some("https://evil.example")).await);
     assert_eq!(got, 403, "foreign origin");
+    let same = format!("http://{}", b.addr);
+    let got = status(YClient::connect_with(&url, Some(&good), Some(&same)).await);
+    assert_eq!(got, 101, "same origin");
     // ?token= is off unless enabled.
     let got = status(YClient::connect_with(&format!("{url}?token={good}"), None, None).await);
     assert_eq!(got, 401, "query token disabled by default");
@@ -190,5 +193,56 @@ async fn dev_mode_logs_in_with_a_cookie_and_only_on_loopback() {
     while pg.text("devdoc").await != "hi" {
         assert!(std::time::Instant::now() < deadline, "dev write not stored");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_public_key_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("key.pem");
+    let public = dir.path().join("pub.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&private)
+        .status()
+        .unwrap()
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl could not make a key pair");
+    let pg = Pg::start();
+    let public_path = public.to_str().unwrap().to_string();
+    // Bridge::start adds --jwt-secret unless --dev is given: spawn by hand with the key instead.
+    let b = Bridge::start_with_key(&pg, "k", &public_path).await;
+    let claims = serde_json::json!({
+        "sub": "ed", "exp": now() + 600, "iss": ISSUER, "aud": AUDIENCE, "docs": {"*": "write"}
+    });
+    let pem = std::fs::read(&private).unwrap();
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let c = YClient::connect(&b.ws_url("ed"), Some(&signed)).await;
+    c.wait_synced().await;
+    // Algorithm confusion: an HS256 token keyed with the public key's bytes is refused.
+    let public_pem = std::fs::read(&public).unwrap();
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    match YClient::connect_with(&b.ws_url("ed"), Some(&confused), None).await {
+        Err(Refused(401)) => {}
+        Err(Refused(s)) => panic!("status {s}"),
+        Ok(_) => panic!("HS256 token accepted by an EdDSA bridge"),
     }
 }

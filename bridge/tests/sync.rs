@@ -100,7 +100,8 @@ async fn edits_made_while_the_listener_is_down_still_arrive() {
         .unwrap()
         .get(0);
     assert_eq!(killed, 1, "listener backend not found");
-    for s in ["2", "3", "4"] {
+    // More rows than the bridge sends one by one: the catch-up merges them.
+    for s in ["2", "3", "4", "5", "6", "7", "8", "9"] {
         db.query_one("SELECT collab.insert_text('lst', 'content', 1, $1)", &[&s])
             .await
             .unwrap();
@@ -113,7 +114,8 @@ async fn edits_made_while_the_listener_is_down_still_arrive() {
     )
     .await
     .unwrap();
-    let expected = format!("{big}1432");
+    let expected = format!("{big}198765432");
+    assert_eq!(pg.text("lst").await, expected);
     c1.wait_text(&expected).await;
     let mut a = a;
     a.wait_healthy().await;
@@ -121,4 +123,48 @@ async fn edits_made_while_the_listener_is_down_still_arrive() {
     // And the next edit flows through the new listener.
     pg.insert_text("lst", 0, ">").await;
     c1.wait_text(&format!(">{expected}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_are_group_committed() {
+    let pg = Pg::start();
+    let a = Bridge::start(&pg, "a", &[]).await;
+    let t = writer_token();
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let c = YClient::connect(&a.ws_url("group"), Some(&t)).await;
+        c.wait_synced().await;
+        clients.push(c);
+    }
+    const N: usize = 30;
+    for i in 0..N {
+        for (k, c) in clients.iter().enumerate() {
+            c.insert(0, &format!("{k}.{i};"));
+        }
+    }
+    let expected_rows = (clients.len() * N) as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pg.update_rows("group").await.0 < expected_rows {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all updates stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pg.update_rows("group").await,
+        (expected_rows, expected_rows)
+    );
+    let calls = a.metric("collab_bridge_batch_size_count").await;
+    let stored = a.metric("collab_bridge_batch_size_sum").await;
+    assert_eq!(stored, expected_rows as f64);
+    assert!(
+        calls < stored,
+        "no batching: {calls} calls for {stored} updates"
+    );
+    eprintln!("{stored} updates in {calls} collab.apply_updates calls");
+    let text = pg.text("group").await;
+    for c in &clients {
+        c.wait_text(&text).await;
+    }
 }

@@ -3,7 +3,7 @@
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 pub static MAX_UPDATE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(4 * 1024 * 1024);
-pub static COMPACT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+pub static COMPACT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
 pub static CACHE_DOCUMENTS: GucSetting<i32> = GucSetting::<i32>::new(32);
 
 pub fn register() {

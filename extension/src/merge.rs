@@ -141,10 +141,13 @@ pub fn apply_stored<'a>(
         reason,
     };
     let outcome = guarded(|| -> std::result::Result<(), String> {
-        let mut txn = doc.transact_mut();
+        // One yrs transaction per update: a transaction's commit work grows faster than its
+        // size, so replaying a long tail in one transaction is several times slower.
         for bytes in updates {
             let update = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
-            txn.apply_update(update).map_err(|e| e.to_string())?;
+            doc.transact_mut()
+                .apply_update(update)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     });

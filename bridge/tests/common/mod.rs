@@ -205,14 +205,31 @@ impl Bridge {
         b
     }
 
+    /// A bridge verifying EdDSA tokens with the public key in `public_pem`.
+    pub async fn start_with_key(pg: &Pg, id: &str, public_pem: &str) -> Bridge {
+        let args = ["--jwt-public-key", public_pem, "--jwt-algorithm", "eddsa"];
+        let mut b = Self::spawn_inner(pg, id, &args, false).await.unwrap();
+        b.wait_healthy().await;
+        b
+    }
+
     /// Spawns a bridge; Err(stderr) if it exits before listening.
     pub async fn spawn(pg: &Pg, id: &str, extra: &[&str]) -> Result<Bridge, String> {
+        Self::spawn_inner(pg, id, extra, !extra.contains(&"--dev")).await
+    }
+
+    async fn spawn_inner(
+        pg: &Pg,
+        id: &str,
+        extra: &[&str],
+        with_secret: bool,
+    ) -> Result<Bridge, String> {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_collab-bridge"));
         cmd.args(["--database-url", &pg.url(), "--bridge-id", id]);
         if !extra.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        if !extra.contains(&"--dev") {
+        if with_secret {
             cmd.args(["--jwt-secret", SECRET]);
         }
         cmd.args(["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE])

@@ -34,7 +34,19 @@ start() {
         pgctl start -w -l "$DATA/postgresql.log" \
             -o "-p $PORT -k $SOCK -c listen_addresses=127.0.0.1" >/dev/null
     fi
-    psql_ -q -c "CREATE EXTENSION IF NOT EXISTS pg_collab; ALTER EXTENSION pg_collab UPDATE;" >/dev/null
+    psql_ -q -c "SET client_min_messages = warning" \
+        -c "CREATE EXTENSION IF NOT EXISTS pg_collab" -c "ALTER EXTENSION pg_collab UPDATE" >/dev/null
+    # Until releases carry upgrade scripts, a rebuilt extension of the same version may no longer
+    # match the objects this database created from the previous build.
+    local script sum
+    script="$("$PG_CONFIG" --sharedir)/extension/pg_collab--$(psql_ -Atc "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'").sql"
+    sum="$(md5sum < "$script" | cut -c1-32)"
+    if [ -f "$DATA/extension.md5" ] && [ "$(cat "$DATA/extension.md5")" != "$sum" ]; then
+        say "WARNING: the installed pg_collab build differs from the one this database was created with;"
+        say "         if functions fail, recreate the database: scripts/db.sh reset (deletes its documents)"
+    else
+        echo "$sum" > "$DATA/extension.md5"
+    fi
 }
 
 psql_() { "$PG_BIN/psql" -X -h "$SOCK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
@@ -47,7 +59,8 @@ case "${1:-status}" in
     url) echo "postgres://postgres@127.0.0.1:$PORT/postgres" ;;
     reset)
         running && pgctl stop -m fast >/dev/null
-        rm -rf "$PGDATA"
+        as_pg rm -rf "$PGDATA"
+        rm -f "$DATA/extension.md5"
         start ;;
     *) die "usage: db.sh start|stop|status|psql|url|reset" ;;
 esac

@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# The main job: set everything up, start the project's PostgreSQL with pg_collab, and say how
-# to connect. Re-running is fast and harmless.
+# The main job: set everything up, start the project's PostgreSQL with pg_collab, then run
+# collab-bridge in --dev mode (loopback only) in the foreground. Re-running is fast and harmless.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 "$ROOT/scripts/setup.sh"
 "$ROOT/scripts/db.sh" start
 url="$("$ROOT/scripts/db.sh" url)"
+
+say "building collab-bridge (release)"
+cargo build --release -p collab-bridge --quiet
+listen="${COLLAB_LISTEN:-127.0.0.1:8080}"
+static_args=()
+[ -d "$ROOT/web/dist" ] && static_args=(--static-dir "$ROOT/web/dist")
+
 cat <<MSG
 
 pg_collab is ready.
-  database:  $url
-  psql:      scripts/db.sh psql        (then e.g.  SELECT collab.insert_text('hello', 'content', 0, 'Hi!');)
-  tour:      scripts/db.sh psql -f sql/examples/tour.sql
-  stop:      scripts/db.sh stop
+  database:   $url      (psql: scripts/db.sh psql; tour: scripts/db.sh psql -f sql/examples/tour.sql)
+  bridge:     ws://$listen/ws/<document>   (y-websocket protocol; dev tokens: POST /api/dev/login)
+  API:        http://$listen/api/docs/<document>   health: http://$listen/healthz   metrics: http://$listen/metrics
+  stop:       Ctrl-C here; then scripts/db.sh stop
+
 MSG
+exec "$CARGO_TARGET_DIR/release/collab-bridge" --dev --listen "$listen" \
+    --database-url "$url" "${static_args[@]}"

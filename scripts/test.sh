@@ -29,6 +29,6 @@ fi
 say "reinstalling the release build of the extension"
 (cd extension && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null 2>&1)
 
-say "trace loader and end-to-end tests (real PostgreSQL, LISTEN/NOTIFY)"
-cargo test -p collab-trace -p collab-tests
+say "trace loader, end-to-end tests of the extension and of collab-bridge (real PostgreSQL, real bridges)"
+cargo test -p collab-trace -p collab-tests -p collab-bridge
 say "all tests passed"

@@ -168,6 +168,10 @@ async fn main() {
         100.0 * yrs_cpu.as_secs_f64() / batched_cpu.as_secs_f64()
     );
 
+    if std::env::var_os("INGEST_ONLY").is_some() {
+        return; // for profiling the ingest path alone
+    }
+
     // The same without checkpoints, for cold reads that must replay the whole log.
     db.batch_execute("SET collab.compact_threshold = 0")
         .await

@@ -34,6 +34,21 @@ if ! grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
     cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" >/dev/null
 fi
 
+# Stock Yjs clients for the end-to-end tests (yjs, y-websocket) run on Node.js.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    say "installing Node.js and npm (Debian packages)"
+    SUDO=""; is_root || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+js="$ROOT/tests/js"
+if [ ! -f "$js/node_modules/.package-lock.json" ] || [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
+    say "installing npm packages for the test clients (tests/js)"
+    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+else
+    say "npm packages present"
+fi
+
 say "building and installing the pg_collab extension (release) into $($PG_CONFIG --pkglibdir)"
 (cd "$ROOT/extension" && cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -E "^(error|warning)" || true)
 test -f "$($PG_CONFIG --sharedir)/extension/pg_collab.control" || die "extension not installed"

@@ -17,7 +17,8 @@ function client (base) {
   const provider = new WebsocketProvider(base, doc, ydoc, {
     WebSocketPolyfill: WebSocket,
     params: { token },
-    maxBackoffTime: 500
+    maxBackoffTime: 500,
+    disableBc: true // same process: no BroadcastChannel shortcut, everything goes through the bridges
   })
   return { ydoc, provider, text: ydoc.getText('content') }
 }

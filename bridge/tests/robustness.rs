@@ -75,49 +75,23 @@ async fn awareness_is_relayed_across_bridges_and_removed_on_disconnect() {
     wait_for(
         "awareness on the other bridge",
         Duration::from_secs(10),
-        || {
-            c2.log
-                .lock()
-                .unwrap()
-                .awareness
-                .iter()
-                .flatten()
-                .any(|(id, _, json)| *id == 777 && json.contains("Ada"))
-        },
+        || c2.saw_awareness(|id, _, json| id == 777 && json.contains("Ada")),
     )
     .await;
     // Echoed to its sender too (y-websocket clients take it as a sign of life).
     wait_for("awareness echo", Duration::from_secs(10), || {
-        c1.log
-            .lock()
-            .unwrap()
-            .awareness
-            .iter()
-            .flatten()
-            .any(|(id, _, _)| *id == 777)
+        c1.saw_awareness(|id, _, _| id == 777)
     })
     .await;
     // A late joiner gets the current states.
     let c3 = YClient::connect(&b.ws_url("aw"), Some(&t)).await;
     wait_for("awareness snapshot", Duration::from_secs(10), || {
-        c3.log
-            .lock()
-            .unwrap()
-            .awareness
-            .iter()
-            .flatten()
-            .any(|(id, _, _)| *id == 777)
+        c3.saw_awareness(|id, _, _| id == 777)
     })
     .await;
     c1.close();
     wait_for("awareness removal", Duration::from_secs(10), || {
-        c2.log
-            .lock()
-            .unwrap()
-            .awareness
-            .iter()
-            .flatten()
-            .any(|(id, clock, json)| *id == 777 && *clock == 2 && json == "null")
+        c2.saw_awareness(|id, clock, json| id == 777 && clock == 2 && json == "null")
     })
     .await;
 }

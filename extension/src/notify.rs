@@ -49,10 +49,9 @@ pub fn stash(
     combined: Option<&[u8]>,
     origin: Option<&str>,
 ) {
-    let merged = match (combined, updates) {
-        (Some(c), _) => Some(c.to_vec()),
-        (None, [one]) => Some(one.clone()),
-        (None, many) => merged(&many.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+    let merged = match combined {
+        Some(c) => Some(c.to_vec()),
+        None => merged(&updates.iter().map(Vec::as_slice).collect::<Vec<_>>()),
     };
     let stash = Stash {
         name: row.name.clone(),

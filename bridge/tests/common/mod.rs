@@ -535,6 +535,17 @@ impl YClient {
         .await;
     }
 
+    /// Whether any awareness entry received so far satisfies `pred(client, clock, json)`.
+    pub fn saw_awareness(&self, pred: impl Fn(u64, u32, &str) -> bool) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .awareness
+            .iter()
+            .flatten()
+            .any(|(id, clock, json)| pred(*id, *clock, json))
+    }
+
     pub fn text(&self) -> String {
         let _g = self.lock.lock().unwrap();
         self.text.get_string(&self.doc.transact())

@@ -49,18 +49,34 @@ fn read<T>(name: &str, f: impl FnOnce(&Doc) -> Result<T>) -> Result<T> {
     out
 }
 
-/// Runs an edit on the locked document; the update it returns is appended (and notified).
-/// Returns the document's head sequence afterwards.
+/// What a write appends: the updates (one log row each) and, when the writer has it, the
+/// same change as one update for the notification.
+struct Batch {
+    updates: Vec<Vec<u8>>,
+    combined: Option<Vec<u8>>,
+}
+
+impl From<Vec<u8>> for Batch {
+    fn from(update: Vec<u8>) -> Self {
+        Batch {
+            updates: vec![update],
+            combined: None,
+        }
+    }
+}
+
+/// Runs `f` on the locked (and, on first write, created) document; the batch it returns is
+/// appended and notified. Returns the document's head sequence afterwards.
 fn write(
     name: &str,
     origin: Option<&str>,
-    f: impl FnOnce(&Doc) -> Result<Option<Vec<u8>>>,
+    f: impl FnOnce(&Doc) -> Result<Option<Batch>>,
 ) -> Result<i64> {
     let mut row = storage::lock(name, true)?
         .ok_or_else(|| CollabError::Internal("document row vanished".into()))?;
     let mut entry = storage::open(&row)?;
-    let update = match f(&entry.doc) {
-        Ok(Some(update)) => update,
+    let batch = match f(&entry.doc) {
+        Ok(Some(batch)) => batch,
         Ok(None) => {
             cache::put(entry);
             return Ok(row.head_seq);
@@ -73,7 +89,7 @@ fn write(
         }
     };
     entry.dirty = true;
-    let seq = storage::append(&mut row, &[update], None, origin)?;
+    let seq = storage::append(&mut row, &batch.updates, batch.combined.as_deref(), origin)?;
     entry.seq = seq;
     storage::maybe_compact(&mut row, &entry)?;
     cache::put(entry);

@@ -2,9 +2,9 @@
 
 use pgrx::prelude::*;
 
-use super::{doc_name, field_name, write};
+use super::{doc_name, field_name, write, Batch};
 use crate::error::{required, CollabError, OrRaise, Result};
-use crate::{cache, guc, merge, storage};
+use crate::{guc, merge, storage};
 
 /// Validates, integrates and appends a batch under one lock, one sequence range and one
 /// notification. Returns the last sequence assigned.
@@ -23,18 +23,12 @@ fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64>
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut row = storage::lock(name, true)?
-        .ok_or_else(|| CollabError::Internal("document row vanished".into()))?;
-    let mut entry = storage::open(&row)?;
-    // The update must integrate into the current document before it is stored: one that
-    // makes yrs fail would otherwise make the document unreadable for everyone.
-    let combined = merge::integrate(&entry.doc, decoded, name)?;
-    entry.dirty = true;
-    let seq = storage::append(&mut row, &updates, combined.as_deref(), origin)?;
-    entry.seq = seq;
-    storage::maybe_compact(&mut row, &entry)?;
-    cache::put(entry);
-    Ok(seq)
+    write(name, origin, |doc| {
+        // The update must integrate into the current document before it is stored: one that
+        // makes yrs fail would otherwise make the document unreadable for everyone.
+        let combined = merge::integrate(doc, decoded, name)?;
+        Ok(Some(Batch { updates, combined }))
+    })
 }
 
 /// Appends one Yjs v1 update to document `doc` (created on first write); returns its sequence.
@@ -93,7 +87,7 @@ fn insert_text(
         let position = required(position, "position")?;
         let value = required(value, "text")?;
         write(name, None, |d| {
-            merge::insert_text(d, name, field, i64::from(position), value)
+            Ok(merge::insert_text(d, name, field, i64::from(position), value)?.map(Batch::from))
         })
     })()
     .or_raise()
@@ -113,7 +107,10 @@ fn delete_text(
         let position = required(position, "position")?;
         let length = required(length, "length")?;
         write(name, None, |d| {
-            merge::delete_text(d, name, field, i64::from(position), i64::from(length))
+            Ok(
+                merge::delete_text(d, name, field, i64::from(position), i64::from(length))?
+                    .map(Batch::from),
+            )
         })
     })()
     .or_raise()
@@ -126,7 +123,9 @@ fn set_text(doc: Option<&str>, field: Option<&str>, new_text: Option<&str>) -> i
         let name = doc_name(doc)?;
         let field = field_name(field)?;
         let new_text = required(new_text, "new_text")?;
-        write(name, None, |d| merge::set_text(d, name, field, new_text))
+        write(name, None, |d| {
+            Ok(merge::set_text(d, name, field, new_text)?.map(Batch::from))
+        })
     })()
     .or_raise()
 }

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 
 /// Secret of development mode. Public on purpose: `--dev` only runs on loopback addresses.
 pub const DEV_SECRET: &str = "pg_collab development secret: never use outside --dev";
-/// Lifetime of development-mode tokens.
-pub const DEV_TOKEN_SECS: u64 = 3600;
+/// Lifetime of development-mode tokens: short, the page signs in again well before it ends.
+pub const DEV_TOKEN_SECS: u64 = 900;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -323,6 +323,14 @@ impl Auth {
     pub fn dev_cookie(&self, token: &str) -> String {
         format!(
             "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={DEV_TOKEN_SECS}",
+            self.cookie_name
+        )
+    }
+
+    /// `Set-Cookie` value that removes the token cookie.
+    pub fn expired_cookie(&self) -> String {
+        format!(
+            "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
             self.cookie_name
         )
     }

@@ -171,6 +171,102 @@ pub async fn updates_since(pool: &Pool, doc: &str, seq: i64) -> Result<Vec<LogRo
         .collect()
 }
 
+/// One entry of the document list.
+pub struct DocInfo {
+    pub name: String,
+    pub head_seq: i64,
+    pub updated_at: std::time::SystemTime,
+}
+
+/// The most recently edited documents (at most `limit`).
+pub async fn list_docs(pool: &Pool, limit: i64) -> Result<Vec<DocInfo>> {
+    let c = client(pool).await?;
+    let st = c
+        .prepare_cached(
+            "SELECT name, head_seq, updated_at FROM collab.documents \
+             ORDER BY updated_at DESC, name LIMIT $1",
+        )
+        .await?;
+    c.query(&st, &[&limit])
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(DocInfo {
+                name: r.try_get(0)?,
+                head_seq: r.try_get(1)?,
+                updated_at: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// One version of the history: a burst of updates with no pause longer than the gap.
+pub struct Version {
+    pub seq_from: i64,
+    pub seq_to: i64,
+    pub first_at: std::time::SystemTime,
+    pub last_at: std::time::SystemTime,
+    pub updates: i64,
+    /// How the burst was written: "sql" when no update of it came through a bridge.
+    pub via_sql: bool,
+}
+
+/// Head sequence, the first sequence still readable, and the newest versions of the log (edits
+/// separated by pauses longer than `gap_secs`), newest first; looks at the last 20,000 updates.
+pub async fn history(
+    pool: &Pool,
+    doc: &str,
+    gap_secs: f64,
+    limit: i64,
+) -> Result<(i64, i64, Vec<Version>)> {
+    let c = client(pool).await?;
+    let head = c
+        .prepare_cached("SELECT head_seq, history_from FROM collab.documents WHERE name = $1")
+        .await?;
+    let Some(row) = c.query_opt(&head, &[&doc]).await? else {
+        return Ok((0, 0, Vec::new()));
+    };
+    let (head_seq, history_from): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    // The pause that ends a version is computed in SQL so only the summary crosses the wire.
+    let st = c
+        .prepare_cached(
+            "WITH u AS ( \
+               SELECT u.seq, u.created_at, u.origin, \
+                      CASE WHEN u.created_at - lag(u.created_at) OVER (ORDER BY u.seq) \
+                                <= make_interval(secs => $2) THEN 0 ELSE 1 END AS brk \
+               FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id \
+               WHERE d.name = $1 AND u.seq > d.head_seq - 20000), \
+             g AS (SELECT *, sum(brk) OVER (ORDER BY seq) AS grp FROM u) \
+             SELECT min(seq), max(seq), min(created_at), max(created_at), count(*), \
+                    bool_and(origin IS NULL OR origin NOT LIKE '%/%') \
+             FROM g GROUP BY grp ORDER BY max(seq) DESC LIMIT $3",
+        )
+        .await?;
+    let versions = c
+        .query(&st, &[&doc, &gap_secs, &limit])
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Version {
+                seq_from: r.try_get(0)?,
+                seq_to: r.try_get(1)?,
+                first_at: r.try_get(2)?,
+                last_at: r.try_get(3)?,
+                updates: r.try_get(4)?,
+                via_sql: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((head_seq, history_from, versions))
+}
+
+/// The document as it was at sequence `seq`, as one update.
+pub async fn state_at(pool: &Pool, doc: &str, seq: i64) -> Result<Vec<u8>> {
+    let c = client(pool).await?;
+    let st = c.prepare_cached("SELECT collab.state_at($1, $2)").await?;
+    Ok(c.query_one(&st, &[&doc, &seq]).await?.try_get(0)?)
+}
+
 pub async fn ping(pool: &Pool) -> Result<()> {
     let c = client(pool).await?;
     c.simple_query("SELECT 1").await?;

@@ -41,6 +41,8 @@ pub enum Error {
     TooSlow,
     #[error("document deleted")]
     Deleted,
+    #[error("history pruned: {0}")]
+    HistoryPruned(String),
     #[error("no message from the client for {0} s")]
     Idle(u64),
     #[error("server shutting down")]
@@ -71,6 +73,7 @@ impl Error {
             Error::Busy(_) => "busy",
             Error::TooSlow => "too_slow",
             Error::Deleted => "deleted",
+            Error::HistoryPruned(_) => "history_pruned",
             Error::Idle(_) => "idle",
             Error::ShuttingDown => "shutting_down",
             Error::Unavailable(_) => "unavailable",
@@ -91,7 +94,7 @@ impl Error {
             Error::UpdateRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Busy(_) | Error::TooSlow => StatusCode::TOO_MANY_REQUESTS,
-            Error::Deleted => StatusCode::GONE,
+            Error::Deleted | Error::HistoryPruned(_) => StatusCode::GONE,
             Error::Idle(_) => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -112,6 +115,7 @@ impl Error {
             Error::TooSlow => 1008,
             Error::Busy(_) => 1013,
             Error::Deleted => CLOSE_DELETED,
+            Error::HistoryPruned(_) => 1008,
             Error::Idle(_) => 1001,
             Error::ShuttingDown => 1012,
             Error::Unavailable(_) | Error::Internal(_) => 1011,
@@ -155,6 +159,7 @@ impl From<tokio_postgres::Error> for Error {
         match db.code().code() {
             "22P03" | "22000" | "22003" => Error::UpdateRejected(msg),
             "54000" => Error::TooLarge(msg),
+            "55000" => Error::HistoryPruned(msg),
             "22023" => Error::InvalidDocName(msg),
             code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
                 Error::Unavailable(msg)

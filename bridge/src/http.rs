@@ -1,9 +1,9 @@
-//! HTTP API: document reads and writes, development login, health and metrics. Every answer
-//! carries `Cache-Control: no-store`; document reads carry `ETag: "<head seq>"` and honour
-//! `If-None-Match`.
+//! HTTP API: document list, reads, history and writes, the session, development login, health
+//! and metrics. Every answer carries `Cache-Control: no-store`; document reads carry
+//! `ETag: "<head seq>"` and honour `If-None-Match`.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -23,10 +23,15 @@ use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/api/docs", get(list_docs))
         .route("/api/docs/{doc}", get(get_doc))
         .route("/api/docs/{doc}/state", get(get_state))
+        .route("/api/docs/{doc}/history", get(get_history))
         .route("/api/docs/{doc}/updates", post(post_update))
+        .route("/api/session", get(session))
         .route("/api/dev/login", post(dev_login))
+        .route("/api/dev/logout", post(dev_logout))
+        .route("/api/{*rest}", axum::routing::any(unknown_api))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(no_store))
@@ -38,15 +43,110 @@ async fn no_store(mut resp: Response) -> Response {
     resp
 }
 
+/// Query parameters of document reads: the optional token (when enabled) and a version.
+#[derive(Deserialize, Default)]
+pub struct DocQuery {
+    token: Option<String>,
+    /// `state?at=SEQ`: the document as it was at that sequence.
+    at: Option<i64>,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Any other path under `/api/`: a JSON 404, never the page.
+async fn unknown_api() -> Error {
+    Error::NotFound
+}
+
+/// `GET /api/session`: who the token (cookie or header) says the caller is, and until when.
+async fn session(
+    State(st): State<AppState>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let principal = st.auth.authenticate(&headers, q.token.as_deref())?;
+    Ok(Json(json!({
+        "name": principal.subject,
+        "expires_at": principal.expires_at,
+        "dev": st.auth.is_dev(),
+    }))
+    .into_response())
+}
+
+/// `GET /api/docs`: the most recently edited documents the caller may read.
+async fn list_docs(
+    State(st): State<AppState>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let principal = st.auth.authenticate(&headers, q.token.as_deref())?;
+    let docs: Vec<_> = db::list_docs(&st.pool, 500)
+        .await?
+        .into_iter()
+        .filter_map(|d| {
+            let access = principal.access(&d.name)?;
+            Some(json!({
+                "name": d.name,
+                "head_seq": d.head_seq,
+                "updated_at": millis(d.updated_at),
+                "access": access,
+            }))
+        })
+        .take(100)
+        .collect();
+    Ok(Json(json!({ "docs": docs })).into_response())
+}
+
+/// Pause between two updates that starts a new version in the history.
+const VERSION_GAP_SECS: f64 = 5.0;
+
+/// `GET /api/docs/{doc}/history`: versions of the log (bursts of edits), newest first.
+async fn get_history(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    authorize(&st, &headers, &q.token, &doc, Access::Read)?;
+    if let Some(resp) = not_modified(&st, &headers, &doc).await? {
+        return Ok(resp);
+    }
+    let (head, history_from, versions) = db::history(&st.pool, &doc, VERSION_GAP_SECS, 100).await?;
+    let versions: Vec<_> = versions
+        .into_iter()
+        .map(|v| {
+            json!({
+                "seq_from": v.seq_from,
+                "seq_to": v.seq_to,
+                "first_at": millis(v.first_at),
+                "last_at": millis(v.last_at),
+                "updates": v.updates,
+                "via": if v.via_sql { "sql" } else { "editor" },
+            })
+        })
+        .collect();
+    let body = json!({
+        "name": doc,
+        "head_seq": head,
+        "history_from": history_from,
+        "versions": versions,
+    });
+    Ok(with_etag(Json(body).into_response(), head))
+}
+
 fn authorize(
     st: &AppState,
     headers: &HeaderMap,
-    q: &TokenQuery,
+    token: &Option<String>,
     doc: &str,
     needed: Access,
 ) -> Result<Principal> {
     db::validate_doc_name(doc)?;
-    let principal = st.auth.authenticate(headers, q.token.as_deref())?;
+    let principal = st.auth.authenticate(headers, token.as_deref())?;
     principal.require(doc, needed)?;
     Ok(principal)
 }
@@ -89,38 +189,58 @@ async fn get_doc(
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    authorize(&st, &headers, &q, &doc, Access::Read)?;
+    let principal = authorize(&st, &headers, &q.token, &doc, Access::Read)?;
     if let Some(resp) = not_modified(&st, &headers, &doc).await? {
         return Ok(resp);
     }
+    let access = principal.access(&doc);
     let (head, text, json) = db::summary(&st.pool, &doc).await?;
     let json: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))?;
-    let body = json!({"name": doc, "head_seq": head, "text": text, "json": json});
+    let body = json!({"name": doc, "head_seq": head, "text": text, "json": json, "access": access});
     Ok(with_etag(Json(body).into_response(), head))
 }
 
-/// `GET /api/docs/{doc}/state`: the whole document as one Yjs v1 update.
-async fn get_state(
-    State(st): State<AppState>,
-    Path(doc): Path<String>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    authorize(&st, &headers, &q, &doc, Access::Read)?;
-    if let Some(resp) = not_modified(&st, &headers, &doc).await? {
-        return Ok(resp);
-    }
-    let (head, state) = db::state(&st.pool, &doc).await?;
-    let resp = (
+fn binary(bytes: Vec<u8>) -> Response {
+    (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         )],
-        state,
+        bytes,
     )
-        .into_response();
-    Ok(with_etag(resp, head))
+        .into_response()
+}
+
+/// `GET /api/docs/{doc}/state`: the whole document as one Yjs v1 update; with `?at=SEQ`, the
+/// document as it was at that sequence (410 when that part of the history was pruned).
+async fn get_state(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<DocQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    authorize(&st, &headers, &q.token, &doc, Access::Read)?;
+    if let Some(at) = q.at {
+        let head = db::head_seq(&st.pool, &doc).await?;
+        if !(0..=head).contains(&at) {
+            return Err(Error::BadRequest(format!(
+                "at must be between 0 and the head sequence {head}, got {at}"
+            )));
+        }
+        let state = db::state_at(&st.pool, &doc, at).await?;
+        let mut resp = binary(state);
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("x-collab-seq"),
+            HeaderValue::from(at),
+        );
+        return Ok(resp);
+    }
+    if let Some(resp) = not_modified(&st, &headers, &doc).await? {
+        return Ok(resp);
+    }
+    let (head, state) = db::state(&st.pool, &doc).await?;
+    Ok(with_etag(binary(state), head))
 }
 
 /// `POST /api/docs/{doc}/updates`: body is one Yjs v1 update; needs write access.
@@ -132,7 +252,7 @@ async fn post_update(
     body: Bytes,
 ) -> Result<Response> {
     st.auth.check_origin(&headers)?;
-    authorize(&st, &headers, &q, &doc, Access::Write)?;
+    authorize(&st, &headers, &q.token, &doc, Access::Write)?;
     if body.is_empty() {
         return Err(Error::BadRequest(
             "empty body: expected a Yjs v1 update".into(),
@@ -181,6 +301,19 @@ async fn dev_login(
         .map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp =
         Json(json!({"name": name, "expires_in": crate::auth::DEV_TOKEN_SECS})).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+/// `POST /api/dev/logout` (development mode only): removes the token cookie.
+async fn dev_logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    if !st.auth.is_dev() {
+        return Err(Error::NotFound);
+    }
+    st.auth.check_origin(&headers)?;
+    let cookie = HeaderValue::from_str(&st.auth.expired_cookie())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(resp)
 }

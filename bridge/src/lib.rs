@@ -24,7 +24,7 @@ use axum::Router;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::services::ServeDir;
+use tower_http::services::{ServeDir, ServeFile};
 
 use crate::auth::Auth;
 use crate::batch::Batcher;
@@ -46,7 +46,7 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// Every connection, room, writer and the listener; waited for at shutdown.
     pub tracker: TaskTracker,
-    listener_pg: tokio_postgres::Config,
+    listener_pg: db::PgTarget,
     lag: Arc<LagTracker>,
     next_conn_id: AtomicU64,
 }
@@ -82,12 +82,18 @@ impl AppState {
         if bridge_id.is_empty() || bridge_id.contains('/') || bridge_id.len() > 64 {
             return Err("--bridge-id must be 1 to 64 characters without '/'".into());
         }
+        let ca_file = cfg.database_ca_file.as_deref();
         let pool = db::pool(
-            db::pg_config(&cfg.database_url, &format!("collab-bridge {bridge_id}"))?,
+            db::pg_config(
+                &cfg.database_url,
+                ca_file,
+                &format!("collab-bridge {bridge_id}"),
+            )?,
             cfg.pool_size,
         )?;
         let listener_pg = db::pg_config(
             &cfg.database_url,
+            ca_file,
             &format!("collab-bridge-listener {bridge_id}"),
         )?;
         let metrics = Arc::new(Metrics::default());
@@ -155,16 +161,44 @@ impl AppState {
     }
 }
 
-/// The HTTP and WebSocket routes; `--static-dir` (if it exists) is served for everything else.
+/// The HTTP and WebSocket routes; `--static-dir` (if it exists) is served for everything else,
+/// with its `index.html` for paths that are not files (the page routes `/d/<document>` itself).
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/ws/{*doc}", get(ws::upgrade))
         .merge(http::routes())
         .layer(DefaultBodyLimit::max(state.cfg.max_message_bytes));
     if let Some(dir) = state.cfg.static_dir.as_ref().filter(|d| d.is_dir()) {
-        router = router.fallback_service(ServeDir::new(dir));
+        let files = ServeDir::new(dir)
+            .append_index_html_on_directories(true)
+            .fallback(ServeFile::new(dir.join("index.html")));
+        router = router.fallback_service(
+            Router::new()
+                // A missing asset is a 404, never the page under an immutable name.
+                .nest_service("/assets", ServeDir::new(dir.join("assets")))
+                .fallback_service(files)
+                .layer(axum::middleware::map_response(static_caching)),
+        );
     }
     router.with_state(state)
+}
+
+/// Bundler output under `/assets/` has content-hashed names, so it never changes: cache it for a
+/// year. Everything else (the HTML that names those assets) must be fetched fresh every time.
+async fn static_caching(
+    uri: axum::http::Uri,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let immutable = uri.path().starts_with("/assets/") && resp.status().is_success();
+    let value = if immutable {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-store"
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
+    resp
 }
 
 async fn shutdown_signal() {
@@ -195,6 +229,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let grace = cfg.shutdown_grace();
     let listen = cfg.listen;
     let state = AppState::new(cfg)?;
+    // A TLS setup that cannot work (untrusted certificate, no TLS on the server) stops here.
+    state.listener_pg.check_tls().await?;
     if state.auth.is_dev() {
         tracing::warn!("development mode: fixed token secret, POST /api/dev/login enabled");
     }

@@ -1,0 +1,53 @@
+import { api, ApiError } from './api.js'
+
+// The signed-in user. The bridge keeps the token in an HttpOnly, SameSite=Strict cookie; the page
+// only learns the name and the expiry, and signs in again (development mode) well before the
+// token ends, so live connections that close at expiry come back with a fresh cookie.
+
+let current = null
+let timer = null
+
+export async function loadSession () {
+  try {
+    current = await api.session()
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) current = null
+    else throw e
+  }
+  scheduleRefresh()
+  return current
+}
+
+export async function signIn (name) {
+  await api.login(name)
+  return loadSession()
+}
+
+export async function signOut () {
+  await api.logout()
+  current = null
+  clearTimeout(timer)
+}
+
+export const session = () => current
+
+function scheduleRefresh () {
+  clearTimeout(timer)
+  if (!current || !current.dev) return
+  const left = current.expires_at * 1000 - Date.now()
+  // A third of the remaining life, at least 10 s; a failed refresh is retried in 30 s.
+  timer = setTimeout(async () => {
+    try {
+      await signIn(current.name)
+    } catch {
+      timer = setTimeout(scheduleRefresh, 30000)
+    }
+  }, Math.max(10000, left / 3))
+}
+
+/** A stable colour for a name, readable on white. */
+export function colorFor (name) {
+  let h = 0
+  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0
+  return `hsl(${h % 360}, 70%, 42%)`
+}

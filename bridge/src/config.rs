@@ -38,6 +38,12 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// PEM file with the CA certificate(s) that sign the database server's certificate, for TLS
+    /// with `sslmode=verify-ca|verify-full` in `--database-url` (default: the system roots).
+    /// With `prefer` or `require` it turns on verification of the chain, as in libpq.
+    #[arg(long, env = "COLLAB_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
     /// Maximum number of pooled database connections (the LISTEN connection is extra).
     #[arg(long, env = "COLLAB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,

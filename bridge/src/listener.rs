@@ -9,7 +9,7 @@ use base64::Engine;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Notification};
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{Hub, RoomEvent};
@@ -116,7 +116,8 @@ fn parse(payload: &str) -> Option<(String, RoomEvent)> {
 }
 
 pub struct Listener {
-    pub pg: tokio_postgres::Config,
+    /// Connection settings and TLS policy (shared with the pool).
+    pub pg: crate::db::PgTarget,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub lag: Arc<LagTracker>,
@@ -153,7 +154,11 @@ impl Listener {
     ) -> Result<(), String> {
         let (client, mut connection) = tokio::select! {
             _ = self.cancel.cancelled() => return Ok(()),
-            r = self.pg.connect(NoTls) => r.map_err(|e| describe(&e))?,
+            // The causes too: why a TLS handshake failed is only there.
+            r = self.pg.connect() => r.map_err(|e| match e.as_db_error() {
+                Some(_) => describe(&e),
+                None => crate::db::error_chain(&e),
+            })?,
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();
         let driver = tokio::spawn(async move {

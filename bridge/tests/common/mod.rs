@@ -714,3 +714,173 @@ pub fn text_update(s: &str) -> Vec<u8> {
     text.insert(&mut txn, 0, s);
     txn.encode_update_v1()
 }
+
+/// Certificates for TLS tests: a CA (PEM) and a server certificate it signed, valid for
+/// `127.0.0.1` and `localhost`, with the server's private key (PEM).
+pub struct TestCerts {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+impl TestCerts {
+    pub fn generate(ca_name: &str) -> TestCerts {
+        Self::for_names(ca_name, &["127.0.0.1", "localhost"])
+    }
+
+    /// A server certificate valid only for `names` (host names or IP addresses).
+    pub fn for_names(ca_name: &str, names: &[&str]) -> TestCerts {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut server = CertificateParams::new(names.clone()).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, names[0].as_str());
+        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+        TestCerts {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        }
+    }
+}
+
+impl Pg {
+    /// The cluster's temporary directory (owned by the server's user).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Turns TLS on with this server certificate and key (a reload, no restart); returns once a
+    /// `sslmode=require` connection succeeds. Clients may still connect without TLS.
+    pub fn enable_ssl(&self, cert_pem: &str, key_pem: &str) {
+        let cert = self.dir.path().join("server.crt");
+        let key = self.dir.path().join("server.key");
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        if self.as_postgres {
+            run(Command::new("chown").arg("postgres").arg(&cert).arg(&key));
+        }
+        let port = self.port.to_string();
+        run(Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-X", "-q"])
+            .arg("-c")
+            .arg(format!(
+                "ALTER SYSTEM SET ssl_cert_file = '{}'",
+                cert.display()
+            ))
+            .arg("-c")
+            .arg(format!(
+                "ALTER SYSTEM SET ssl_key_file = '{}'",
+                key.display()
+            ))
+            .args([
+                "-c",
+                "ALTER SYSTEM SET ssl = on",
+                "-c",
+                "SELECT pg_reload_conf()",
+            ]));
+        let conninfo = format!("host=127.0.0.1 port={port} user=postgres sslmode=require");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new("psql")
+                .args([&conninfo, "-X", "-q", "-c", "SELECT 1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "TLS never came up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Bridge {
+    /// Like [`Bridge::spawn`] but with this `--database-url` instead of the cluster's plain one.
+    pub async fn spawn_with_url(
+        database_url: &str,
+        id: &str,
+        extra: &[&str],
+    ) -> Result<Bridge, String> {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_collab-bridge"));
+        cmd.args(["--database-url", database_url, "--bridge-id", id])
+            .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
+            .args(["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE])
+            .args(["--log", "info,collab_bridge=debug"])
+            .args(["--shutdown-grace-secs", "5"])
+            .args(extra)
+            .env_remove("COLLAB_DEV")
+            .env_remove("COLLAB_DATABASE_CA_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let tag = id.to_string();
+        let errors = Arc::new(Mutex::new(String::new()));
+        let errors2 = errors.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[bridge {tag}] {line}");
+                let mut e = errors2.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let line = match first {
+            Ok(Ok(Some(line))) => line,
+            _ => {
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let status = match status {
+                    Ok(Ok(s)) => format!("exited with {s}"),
+                    _ => "still running".to_string(),
+                };
+                return Err(format!("{status}: {}", errors.lock().unwrap()));
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Ok(Bridge {
+            child,
+            addr,
+            id: id.to_string(),
+        })
+    }
+}

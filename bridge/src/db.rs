@@ -678,7 +678,8 @@ pub async fn list_docs(pool: &Pool, limit: i64) -> Result<Vec<DocInfo>> {
         .collect()
 }
 
-/// One version of the history: a burst of updates with no pause longer than the gap.
+/// One version of the history: a burst of updates from one kind of source (SQL or a bridge) with
+/// no pause longer than the gap.
 pub struct Version {
     pub seq_from: i64,
     pub seq_to: i64,
@@ -708,15 +709,16 @@ pub async fn history(
     // The pause that ends a version is computed in SQL so only the summary crosses the wire.
     let st = c
         .prepare_cached(
-            "WITH u AS ( \
-               SELECT u.seq, u.created_at, u.origin, \
-                      CASE WHEN u.created_at - lag(u.created_at) OVER (ORDER BY u.seq) \
-                                <= make_interval(secs => $2) THEN 0 ELSE 1 END AS brk \
+            "WITH s AS ( \
+               SELECT u.seq, u.created_at, (u.origin IS NULL OR u.origin NOT LIKE '%/%') AS sql \
                FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id \
                WHERE d.name = $1 AND u.seq > d.head_seq - 20000), \
+             u AS ( \
+               SELECT *, CASE WHEN created_at - lag(created_at) OVER w <= make_interval(secs => $2) \
+                               AND lag(sql) OVER w = sql THEN 0 ELSE 1 END AS brk \
+               FROM s WINDOW w AS (ORDER BY seq)), \
              g AS (SELECT *, sum(brk) OVER (ORDER BY seq) AS grp FROM u) \
-             SELECT min(seq), max(seq), min(created_at), max(created_at), count(*), \
-                    bool_and(origin IS NULL OR origin NOT LIKE '%/%') \
+             SELECT min(seq), max(seq), min(created_at), max(created_at), count(*), bool_and(sql) \
              FROM g GROUP BY grp ORDER BY max(seq) DESC LIMIT $3",
         )
         .await?;

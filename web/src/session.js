@@ -45,9 +45,13 @@ function scheduleRefresh () {
   }, Math.max(10000, left / 3))
 }
 
-/** A stable colour for a name, readable on white. */
+// Distinct, readable on white; a name always gets the same one.
+const PALETTE = ['#d7263d', '#2e86de', '#1b998b', '#f46036', '#8e44ad', '#e84393', '#0a9396',
+  '#ca6702', '#3a0ca3', '#2b9348']
+
+/** A stable colour for a name. */
 export function colorFor (name) {
-  let h = 0
-  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0
-  return `hsl(${h % 360}, 70%, 42%)`
+  let h = 2166136261
+  for (const ch of name) h = Math.imul(h ^ ch.codePointAt(0), 16777619) >>> 0
+  return PALETTE[h % PALETTE.length]
 }

@@ -2,6 +2,10 @@
 //! y-websocket client built on yrs + tokio-tungstenite, tokens, and a tiny HTTP client.
 #![allow(dead_code, clippy::unwrap_used)]
 
+mod script;
+#[allow(unused_imports)]
+pub use script::Script;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -1,0 +1,236 @@
+//! The demo page in a real browser: Debian's Chromium driven by playwright-core
+//! (web/tests/browser.mjs), the page built by Vite (web/dist) and served by a real bridge in
+//! --dev mode, a real PostgreSQL with pg_collab. One scenario per test; the tests take turns,
+//! since two Chromiums at once on a 2-core machine only make each other slow.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
+}
+
+fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/artifacts")
+}
+
+/// A bridge in development mode serving the built page, on a fixed port so it can be restarted
+/// at the same address.
+async fn dev_bridge(pg: &Pg, port: u16) -> Bridge {
+    let dist = web_dir().join("dist");
+    assert!(
+        dist.join("index.html").exists(),
+        "web/dist missing: run scripts/setup.sh (it builds the page with Vite)"
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let dist = dist.display().to_string();
+    Bridge::start(
+        pg,
+        "web",
+        &["--dev", "--listen", &listen, "--static-dir", &dist],
+    )
+    .await
+}
+
+fn browser(scenario: &str, bridge: &Bridge, doc: &str) -> Script {
+    let web = web_dir();
+    let mut s = Script::start(
+        &web.join("tests/browser.mjs"),
+        &[
+            scenario.to_string(),
+            format!("http://{}", bridge.addr),
+            doc.to_string(),
+            artifacts().display().to_string(),
+        ],
+        &web.join("node_modules/playwright-core"),
+    );
+    s.step_limit = Duration::from_secs(90);
+    s
+}
+
+async fn done(mut node: Script) {
+    let end = node.step("done").await;
+    assert_eq!(end["page_errors"], serde_json::json!([]), "no script errors in the pages");
+    node.finish().await;
+}
+
+fn count(s: &str, c: char) -> usize {
+    s.chars().filter(|&x| x == c).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_typing_at_the_same_spot_converge_without_losing_a_character() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("concurrent_typing", &bridge, "race");
+
+    let converged = node.step("converged").await;
+    let text = converged["text"].as_str().unwrap();
+    assert_eq!(count(text, 'a'), 40, "every 'a' Ada typed: {text:?}");
+    assert_eq!(count(text, 'g'), 40, "every 'g' Grace typed: {text:?}");
+    assert!(text.contains(&"a".repeat(40)), "Ada's run stays whole");
+    assert!(text.contains(&"g".repeat(40)), "Grace's run stays whole");
+    assert!(text.starts_with("Hello ") && text.ends_with(" world"));
+    assert_eq!(converged["cookie_visible"], "", "the page cannot read the token cookie");
+
+    let rich = node.step("rich").await;
+    for what in ["heading", "list", "bold"] {
+        assert_eq!(rich[what], serde_json::json!([true, true]), "{what} in both pages: {rich}");
+    }
+    let delta = rich["delta"].to_string();
+    assert!(delta.contains(r#""header":1"#) && delta.contains(r#""list":"bullet""#));
+    assert!(delta.contains(r#""bold":true"#), "formats are stored in the Y.Text: {delta}");
+    let stored = pg.text("race").await;
+    assert_eq!(stored, rich["text"].as_str().unwrap(), "the database holds what both pages show");
+    assert!(stored.starts_with("Meeting notes\n") && stored.contains("first point in bold"));
+    let cookies = node.step("cookies").await;
+    let cookie = &cookies["cookies"][0];
+    assert_eq!(cookie["name"], "collab_token");
+    assert_eq!(cookie["httpOnly"], true);
+    assert_eq!(cookie["sameSite"], "Strict");
+    assert!(artifacts().join("two-pages.png").exists(), "screenshot saved");
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sql_insert_appears_in_both_pages_within_a_second() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("sql_insert", &bridge, "sql");
+
+    node.step("ready").await;
+    pg.insert_text("sql", 0, "[from SQL] ").await;
+    node.tell("[from SQL] ").await;
+    let seen = node.step("seen").await;
+    let ms = seen["ms"].as_f64().unwrap();
+    assert!(ms <= 1000.0, "both pages showed the SQL edit after {ms} ms");
+    assert_eq!(
+        seen["text"].as_str().unwrap(),
+        "[from SQL] Typed in the browser."
+    );
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sees_the_other_pages_caret_and_name() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("presence", &bridge, "presence");
+
+    let seen = node.step("seen").await;
+    assert_eq!(seen["name"], "Grace");
+    let people: Vec<&str> = seen["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(people, ["Ada", "Grace"], "who is here, Ada first");
+    assert_ne!(seen["caret_color"], "", "Grace's caret has her colour");
+    let gone = node.step("gone").await;
+    assert_eq!(gone["people"], serde_json::json!(["Ada"]), "Grace left");
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_offline_keeps_its_edits_and_converges_when_back() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("offline", &bridge, "offline");
+
+    let converged = node.step("converged").await;
+    let text = converged["text"].as_str().unwrap();
+    assert_eq!(text, "Offline edit. Shared line. Online edit.");
+    let label = converged["offline_label"].as_str().unwrap();
+    assert!(
+        label.starts_with("Offline") && label.contains("unsent edit"),
+        "the page says it is offline with unsent edits: {label:?}"
+    );
+    assert!(
+        !converged["grace_meanwhile"]
+            .as_str()
+            .unwrap()
+            .contains("Offline edit."),
+        "nothing crossed while offline"
+    );
+    assert_eq!(pg.text("offline").await, text);
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_survive_a_bridge_restart_and_lose_nothing_typed() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let port = free_port();
+    let mut bridge = dev_bridge(&pg, port).await;
+    let mut node = browser("restart", &bridge, "restart");
+
+    node.step("ready").await;
+    bridge.sigterm();
+    assert!(
+        bridge.wait_exit(Duration::from_secs(15)).await.is_some(),
+        "the bridge stops on SIGTERM"
+    );
+    node.tell("down").await;
+    let typed = node.step("typed").await;
+    for label in typed["labels"].as_array().unwrap() {
+        let label = label.as_str().unwrap();
+        assert!(
+            label.starts_with("Reconnecting") && label.contains("unsent edit"),
+            "pages say they are reconnecting and hold unsent edits: {label:?}"
+        );
+    }
+    let _bridge = dev_bridge(&pg, port).await;
+    node.tell("up").await;
+    let converged = node.step("converged").await;
+    let text = converged["text"].as_str().unwrap();
+    assert_eq!(text, "Typed while down. Before the restart. Grace too.");
+    let states: Vec<&str> = converged["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        states.contains(&"reconnecting") && states.last() == Some(&"connected"),
+        "states shown: {states:?}"
+    );
+    // Each page only receives what was committed, so converged pages mean stored edits.
+    assert_eq!(pg.text("restart").await, text, "everything typed is stored");
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_panel_previews_an_earlier_version_read_only() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("history", &bridge, "history");
+
+    node.step("ready").await;
+    let at = pg.text("history").await.chars().count() as i32 - 1;
+    pg.insert_text("history", at, " Reviewed.").await;
+    node.tell("go").await;
+    let preview = node.step("preview").await;
+    let versions = preview["versions"].as_array().unwrap();
+    assert!(
+        versions.len() >= 2,
+        "the browser edit and the SQL edit are versions: {versions:?}"
+    );
+    assert!(versions[0].as_str().unwrap().contains("SQL"));
+    assert_eq!(preview["preview"], "First draft.");
+    assert_eq!(preview["editable"], "false", "the preview is read-only");
+    assert_eq!(preview["live"], "First draft. Reviewed.");
+    done(node).await;
+}

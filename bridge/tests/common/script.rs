@@ -75,6 +75,8 @@ impl Script {
     }
 
     pub async fn finish(mut self) {
+        // End of input: a script still reading stdin may exit.
+        drop(self.stdin);
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .expect("script ends")

@@ -11,17 +11,19 @@ url="$("$ROOT/scripts/db.sh" url)"
 say "building collab-bridge (release)"
 cargo build --release -p collab-bridge --quiet
 listen="${COLLAB_LISTEN:-127.0.0.1:8080}"
-static_args=()
-[ -d "$ROOT/web/dist" ] && static_args=(--static-dir "$ROOT/web/dist")
 
 cat <<MSG
 
 pg_collab is ready.
   database:   $url      (psql: scripts/db.sh psql; tour: scripts/db.sh psql -f sql/examples/tour.sql)
-  bridge:     ws://$listen/ws/<document>   (y-websocket protocol; dev tokens: POST /api/dev/login)
-  API:        http://$listen/api/docs/<document>   health: http://$listen/healthz   metrics: http://$listen/metrics
+  bridge:     ws://$listen/ws/<document>   (y-websocket protocol)
+  API:        http://$listen/api/docs   health: http://$listen/healthz   metrics: http://$listen/metrics
   stop:       Ctrl-C here; then scripts/db.sh stop
+
+  Open the editor:  http://$listen/
+  (sign in with any name; open the same document in a second window, or another browser, to
+  edit together; try  scripts/db.sh psql -c "SELECT collab.insert_text('<document>', 'content', 0, 'Hi from SQL ')")
 
 MSG
 exec "$CARGO_TARGET_DIR/release/collab-bridge" --dev --listen "$listen" \
-    --database-url "$url" "${static_args[@]}"
+    --database-url "$url" --static-dir "$ROOT/web/dist"

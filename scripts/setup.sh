@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything pg_collab needs on a fresh Debian 12 machine that has only Rust, then
-# builds and installs the extension into the system PostgreSQL 15. Safe and fast to re-run.
+# builds and installs the extension into the system PostgreSQL 15 and builds the demo page
+# (web/dist). Safe and fast to re-run. `--tests` also installs what only the tests need
+# (Debian's Chromium for the browser tests).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config)
+if [ "${1:-}" = "--tests" ]; then
+    APT_PACKAGES+=(chromium fonts-dejavu-core)
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -41,12 +46,30 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
-js="$ROOT/tests/js"
-if [ ! -f "$js/node_modules/.package-lock.json" ] || [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
-    say "installing npm packages for the test clients (tests/js)"
-    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+node_version="$(node -p 'process.versions.node')"
+node_ok="$(node -p 'const [a, b] = process.versions.node.split(".").map(Number); a > 20 || (a === 20 && b >= 19)')"
+[ "$node_ok" = "true" ] || die "Node.js $node_version is too old for Vite 7: install Node.js 20.19 or newer (e.g. NodeSource's nodejs package)"
+
+npm_install() { # dir, what for
+    local dir="$1"
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        say "installing npm packages for $2 (${dir#"$ROOT"/})"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    else
+        say "npm packages for $2 present"
+    fi
+}
+npm_install "$ROOT/tests/js" "the test clients"
+npm_install "$ROOT/web" "the demo page"
+
+# The page is rebuilt only when its sources changed since the last build.
+web="$ROOT/web"
+if [ ! -f "$web/dist/index.html" ] || [ -n "$(find "$web/src" "$web/index.html" "$web/vite.config.js" \
+        "$web/package-lock.json" -newer "$web/dist/index.html" -print -quit)" ]; then
+    say "building the demo page (Vite) into web/dist"
+    (cd "$web" && npx vite build --logLevel error)
 else
-    say "npm packages present"
+    say "demo page up to date (web/dist)"
 fi
 
 say "building and installing the pg_collab extension (release) into $($PG_CONFIG --pkglibdir)"

@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-"$ROOT/scripts/setup.sh"
+"$ROOT/scripts/setup.sh" --tests
 
 say "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
@@ -29,6 +29,6 @@ fi
 say "reinstalling the release build of the extension"
 (cd extension && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null 2>&1)
 
-say "trace loader, end-to-end tests of the extension and of collab-bridge (real PostgreSQL, real bridges)"
+say "trace loader, end-to-end tests of the extension and of collab-bridge (real PostgreSQL, real bridges, stock Yjs clients, headless Chromium)"
 cargo test -p collab-trace -p collab-tests -p collab-bridge
 say "all tests passed"

@@ -222,15 +222,176 @@ async fn http_api_reads_writes_and_caches_by_head_sequence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn static_files_are_served_when_the_directory_exists() {
+async fn static_files_hashed_assets_cache_for_a_year_and_html_never() {
     let pg = Pg::start();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("index.html"), "<h1>demo</h1>").unwrap();
+    std::fs::create_dir(dir.path().join("assets")).unwrap();
+    std::fs::write(dir.path().join("assets/index-AbC123.js"), "console.log(1)").unwrap();
     let d = dir.path().to_str().unwrap().to_string();
     let b = Bridge::start(&pg, "a", &["--static-dir", &d]).await;
-    let r = http(b.addr, "GET", "/", &[], &[]).await.unwrap();
+
+    for path in ["/", "/d/some%2Fdoc", "/index.html"] {
+        let r = http(b.addr, "GET", path, &[], &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert!(String::from_utf8_lossy(&r.body).contains("demo"), "{path}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+    }
+    let r = http(b.addr, "GET", "/assets/index-AbC123.js", &[], &[])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
-    assert!(String::from_utf8_lossy(&r.body).contains("demo"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    // A missing asset is a 404 (never the page under an immutable name).
+    let r = http(b.addr, "GET", "/assets/index-gone.js", &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // Unknown API paths answer JSON, not the page.
+    let r = http(b.addr, "GET", "/api/nope", &[], &[]).await.unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_api_lists_documents_by_right_and_serves_history_and_old_versions() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &[]).await;
+    pg.insert_text("team/plan", 0, "v1").await;
+    pg.insert_text("team/plan", 2, " v2").await;
+    pg.insert_text("private", 0, "secret").await;
+    let team = format!("Bearer {}", token(&[("team/*", "read")]));
+    let h = [("authorization", team.as_str())];
+
+    let r = http(b.addr, "GET", "/api/session", &h, &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "tester");
+    assert_eq!(r.json()["dev"], false);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let r = http(b.addr, "GET", "/api/session", &[], &[]).await.unwrap();
+    assert_eq!(r.status, 401);
+
+    let r = http(b.addr, "GET", "/api/docs", &h, &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let docs = r.json()["docs"].as_array().unwrap().clone();
+    assert_eq!(docs.len(), 1, "only documents the token may read: {docs:?}");
+    assert_eq!(docs[0]["name"], "team/plan");
+    assert_eq!(docs[0]["head_seq"], 2);
+    assert_eq!(docs[0]["access"], "read");
+    let r = http(b.addr, "GET", "/api/docs", &[], &[]).await.unwrap();
+    assert_eq!(r.status, 401);
+
+    let r = http(b.addr, "GET", "/api/docs/team%2Fplan/history", &h, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["head_seq"], 2);
+    assert_eq!(v["versions"][0]["seq_to"], 2);
+    assert_eq!(v["versions"][0]["via"], "sql");
+    assert_eq!(r.header("etag"), Some("\"2\""));
+    let r = http(b.addr, "GET", "/api/docs/private/history", &h, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+
+    let r = http(b.addr, "GET", "/api/docs/team%2Fplan/state?at=1", &h, &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let doc = yrs::Doc::new();
+    let text = {
+        use yrs::updates::decoder::Decode;
+        use yrs::{GetString, Transact};
+        let text = doc.get_or_insert_text("content");
+        doc.transact_mut()
+            .apply_update(yrs::Update::decode_v1(&r.body).unwrap())
+            .unwrap();
+        text.get_string(&doc.transact())
+    };
+    assert_eq!(text, "v1", "the document as it was at sequence 1");
+    for bad in ["at=3", "at=-1", "at=x"] {
+        let r = http(
+            b.addr,
+            "GET",
+            &format!("/api/docs/team%2Fplan/state?{bad}"),
+            &h,
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 400, "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_sign_in_sets_an_httponly_cookie_that_the_api_accepts_and_sign_out_removes() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "dev", &["--dev"]).await;
+    let origin = format!("http://{}", b.addr);
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/dev/login",
+        &[("origin", &origin), ("content-type", "application/json")],
+        br#"{"name": "Ada"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let set = r.header("set-cookie").unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(set.contains("Max-Age=900"), "short-lived: {set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let r = http(b.addr, "GET", "/api/session", &[("cookie", &cookie)], &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "Ada");
+    assert_eq!(r.json()["dev"], true);
+    let exp = r.json()["expires_at"].as_i64().unwrap();
+    assert!(exp > now() && exp <= now() + 900);
+
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/dev/login",
+        &[("origin", "http://evil.example")],
+        br#"{"name": "Mallory"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403, "a foreign page cannot sign in");
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/dev/login",
+        &[("origin", &origin)],
+        br#"{"name": ""}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/dev/logout",
+        &[("origin", &origin), ("cookie", &cookie)],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

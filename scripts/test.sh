@@ -15,6 +15,9 @@ say "lints (clippy -D warnings)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy -p pg_collab --features pg_test --all-targets --quiet -- -D warnings
 
+say "the page's reconnection schedule (node --test)"
+node --test web/tests/backoff.test.mjs
+
 say "extension: unit tests and #[pg_test]s in a throwaway cluster"
 pgdata="$(mktemp -d /tmp/pg_collab-pgrx.XXXXXX)"
 trap 'rm -rf "$pgdata"' EXIT

@@ -253,6 +253,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cancel.cancel();
     });
     let tracker = state.tracker.clone();
+    // No Nagle: small y-websocket frames must not wait for the peer's delayed ACK (40 ms).
+    let tcp = axum::serve::ListenerExt::tap_io(tcp, |io| {
+        let _ = io.set_nodelay(true);
+    });
     let server = axum::serve(tcp, app(state.clone()))
         .with_graceful_shutdown(state.cancel.clone().cancelled_owned());
     let served = server.await.map_err(|e| e.to_string());

@@ -1,30 +1,57 @@
-//! Per-document group commit: while one `collab.apply_updates` call for a document is in flight,
-//! updates arriving for it queue up and all go into the next single call. No timer: an idle
-//! document's first update is written at once.
+//! Group commit, per document and across documents.
+//!
+//! Documents are spread over a few *lanes* (by a hash of the name, so a document always uses the
+//! same lane). Each lane commits one transaction at a time; while it is in flight, updates
+//! arriving for any of its documents queue up, and the next transaction takes everything queued:
+//! one statement making one `collab.apply_updates` call per document (sorted by name, so that
+//! concurrent transactions of several bridges lock documents in the same order). No timer: an
+//! idle lane writes its first update at once.
+//!
+//! Why across documents: PostgreSQL serialises the commits of notifying transactions on one
+//! database-wide lock (held through the WAL flush), so one transaction per document and update
+//! makes every writer queue behind every other; one transaction for many documents pays that lock,
+//! the commit and the round trips once. A lane keeps its pooled connection while it has work, so
+//! the backend's decoded-document cache stays current for the lane's documents.
 //!
 //! A batch takes the origin of its writers when they are all the same connection, otherwise
 //! `<bridge-id>/*` (delivered to everyone, the writers included: re-applying is harmless in Yjs).
-//! When a batch is refused because of one bad update, its updates are retried one by one so
-//! that only the bad one fails.
+//! When a transaction fails for a reason other than the database being unavailable (one bad
+//! update aborts all of it), its documents are retried one per transaction, and a refused batch
+//! of one document one update at a time, so that only the bad update fails.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Object, Pool};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use crate::db;
 use crate::error::{Error, Result};
 use crate::fanout::lock;
 use crate::metrics::{LagTracker, Metrics};
+
+/// Updates and bytes one transaction takes at most (whole documents; at least one document).
+const MAX_TXN_UPDATES: usize = 1024;
+const MAX_TXN_BYTES: usize = 8 * 1024 * 1024;
+
+const APPLY: &str = "SELECT collab.apply_updates($1, $2::bytea[], $3)";
 
 struct Item {
     update: Vec<u8>,
     origin: String,
     done: oneshot::Sender<Result<i64>>,
+    queued: Instant,
+}
+
+/// What one lane has queued: per document, in arrival order.
+#[derive(Default)]
+struct LaneQueue {
+    docs: HashMap<String, Vec<Item>>,
+    /// Whether a writer task is running for this lane.
+    running: bool,
 }
 
 struct Inner {
@@ -32,14 +59,19 @@ struct Inner {
     metrics: Arc<Metrics>,
     lag: Arc<LagTracker>,
     mixed_origin: String,
-    /// Documents with a writer task; the queue holds what arrived since its last call.
-    queues: Mutex<HashMap<String, Vec<Item>>>,
+    lanes: Vec<Mutex<LaneQueue>>,
     tracker: TaskTracker,
 }
 
 #[derive(Clone)]
 pub struct Batcher {
     inner: Arc<Inner>,
+}
+
+/// Lanes for a pool of `pool_size` connections: half of it (the other half serves reads), at
+/// most 8 (more concurrent writers than that only contend for the notification lock).
+pub fn lanes_for_pool(pool_size: usize) -> usize {
+    (pool_size / 2).clamp(1, 8)
 }
 
 impl Batcher {
@@ -50,13 +82,14 @@ impl Batcher {
         bridge_id: &str,
         tracker: TaskTracker,
     ) -> Self {
+        let lanes = lanes_for_pool(pool.status().max_size);
         Batcher {
             inner: Arc::new(Inner {
                 pool,
                 metrics,
                 lag,
                 mixed_origin: format!("{bridge_id}/*"),
-                queues: Mutex::new(HashMap::new()),
+                lanes: (0..lanes).map(|_| Mutex::default()).collect(),
                 tracker,
             }),
         }
@@ -74,86 +107,369 @@ impl Batcher {
             update,
             origin,
             done,
+            queued: Instant::now(),
         };
-        let mut queues = lock(&self.inner.queues);
-        match queues.get_mut(doc) {
-            Some(queue) => queue.push(item),
+        let lane = lane_of(doc, self.inner.lanes.len());
+        let mut queue = lock(&self.inner.lanes[lane]);
+        match queue.docs.get_mut(doc) {
+            Some(items) => items.push(item),
             None => {
-                queues.insert(doc.to_string(), vec![item]);
-                let inner = self.inner.clone();
-                let doc = doc.to_string();
-                self.inner
-                    .tracker
-                    .spawn(async move { writer(inner, doc).await });
+                queue.docs.insert(doc.to_string(), vec![item]);
             }
+        }
+        if !queue.running {
+            queue.running = true;
+            let inner = self.inner.clone();
+            self.inner
+                .tracker
+                .spawn(async move { writer(inner, lane).await });
         }
         rx
     }
 }
 
-/// The one writer of a document: drains its queue one call at a time, then goes away.
-async fn writer(inner: Arc<Inner>, doc: String) {
+fn lane_of(doc: &str, lanes: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    doc.hash(&mut h);
+    (h.finish() % lanes.max(1) as u64) as usize
+}
+
+/// A document's share of a transaction.
+struct DocBatch {
+    doc: String,
+    items: Vec<Item>,
+    origin: String,
+}
+
+/// The one writer of a lane: commits what is queued one transaction at a time, then goes away.
+/// It keeps its pooled connection while there is work.
+async fn writer(inner: Arc<Inner>, lane: usize) {
+    let mut conn: Option<Object> = None;
     loop {
-        let items = {
-            let mut queues = lock(&inner.queues);
-            match queues.get_mut(&doc) {
-                Some(q) if !q.is_empty() => std::mem::take(q),
-                _ => {
-                    queues.remove(&doc);
-                    return;
-                }
+        let group = {
+            let mut queue = lock(&inner.lanes[lane]);
+            if queue.docs.is_empty() {
+                queue.running = false;
+                return;
             }
+            take_group(&mut queue.docs, &inner.mixed_origin)
         };
-        commit(&inner, &doc, items).await;
+        commit_group(&inner, &mut conn, group).await;
     }
 }
 
-async fn commit(inner: &Inner, doc: &str, items: Vec<Item>) {
-    let origin = match items.first() {
-        Some(first) if items.iter().all(|i| i.origin == first.origin) => first.origin.clone(),
-        _ => inner.mixed_origin.clone(),
+/// Takes whole documents off the queue, oldest waiting first, up to the transaction limits;
+/// returns them sorted by name.
+fn take_group(docs: &mut HashMap<String, Vec<Item>>, mixed_origin: &str) -> Vec<DocBatch> {
+    let mut waiting: Vec<(Instant, String)> = docs
+        .iter()
+        .filter_map(|(doc, items)| Some((items.first()?.queued, doc.clone())))
+        .collect();
+    waiting.sort_unstable();
+    let (mut updates, mut bytes) = (0, 0);
+    let mut group = Vec::new();
+    for (_, doc) in waiting {
+        let Some(items) = docs.get(&doc) else {
+            continue;
+        };
+        let n = items.len();
+        let b: usize = items.iter().map(|i| i.update.len()).sum();
+        if !group.is_empty() && (updates + n > MAX_TXN_UPDATES || bytes + b > MAX_TXN_BYTES) {
+            break;
+        }
+        updates += n;
+        bytes += b;
+        if let Some(items) = docs.remove(&doc) {
+            let origin = match items.first() {
+                Some(first) if items.iter().all(|i| i.origin == first.origin) => {
+                    first.origin.clone()
+                }
+                _ => mixed_origin.to_string(),
+            };
+            group.push(DocBatch { doc, items, origin });
+        }
+    }
+    // Empty queues (none are left behind) must not keep the writer alive.
+    docs.retain(|_, items| !items.is_empty());
+    group.sort_unstable_by(|a, b| a.doc.cmp(&b.doc));
+    group
+}
+
+/// A pooled connection for a write. Acquisition is retried (nothing was sent yet, so that is
+/// safe); a transaction that fails half-way is not, as it may have committed.
+async fn connection<'a>(inner: &Inner, conn: &'a mut Option<Object>) -> Result<&'a Object> {
+    if conn.as_ref().is_some_and(|c| c.is_closed()) {
+        *conn = None;
+    }
+    if conn.is_none() {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        let c = loop {
+            match inner.pool.get().await {
+                Ok(c) => break c,
+                Err(e) if attempt < 2 => {
+                    tracing::warn!("no database connection for a write: {e}; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 3;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        *conn = Some(c);
+    }
+    conn.as_ref()
+        .ok_or_else(|| Error::Internal("no connection".into()))
+}
+
+async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBatch>) {
+    let started = Instant::now();
+    for b in &group {
+        for i in &b.items {
+            inner
+                .metrics
+                .queue_seconds
+                .observe_duration(started.saturating_duration_since(i.queued));
+        }
+    }
+    let result = match group.len() {
+        1 => apply_one(inner, conn, &group[0])
+            .await
+            .map(|last| vec![Some(last)]),
+        _ => apply_many(inner, conn, &group).await,
     };
-    let updates: Vec<&[u8]> = items.iter().map(|i| i.update.as_slice()).collect();
-    match call(inner, doc, &updates, &origin).await {
+    match result {
+        Ok(lasts) => {
+            let m = &inner.metrics;
+            m.commit_seconds.observe_duration(started.elapsed());
+            m.txn_documents.observe(group.len() as f64);
+            let finished = Instant::now();
+            for (b, last) in group.into_iter().zip(lasts) {
+                let Some(last) = last else {
+                    let e = Error::Internal("stored, but its sequence was not returned".into());
+                    for item in b.items {
+                        let _ = item.done.send(Err(e.clone()));
+                    }
+                    continue;
+                };
+                m.batch_size.observe(b.items.len() as f64);
+                m.updates_in.fetch_add(b.items.len() as u64, Relaxed);
+                inner
+                    .lag
+                    .committed(&b.doc, last, started, finished, &inner.metrics);
+                let first = last - b.items.len() as i64 + 1;
+                for (i, item) in b.items.into_iter().enumerate() {
+                    let _ = item.done.send(Ok(first + i as i64));
+                }
+            }
+        }
+        Err(e @ Error::Unavailable(_)) => {
+            tracing::warn!("write of {} documents failed: {e}", group.len());
+            *conn = None;
+            for b in group {
+                for item in b.items {
+                    let _ = item.done.send(Err(e.clone()));
+                }
+            }
+        }
+        Err(e) => {
+            if group.len() > 1 {
+                tracing::debug!(
+                    "transaction of {} documents failed ({e}); one by one",
+                    group.len()
+                );
+            }
+            for b in group {
+                retry_doc(inner, conn, b, e.clone()).await;
+            }
+        }
+    }
+}
+
+/// After a failed transaction: the document's batch alone, then (if refused) update by update.
+async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, first_error: Error) {
+    let started = Instant::now();
+    // A batch of one document that failed on its own already has its answer.
+    let alone = if first_error.is_client_data() && b.items.len() == 1 {
+        Err(first_error)
+    } else {
+        apply_one(inner, conn, &b).await
+    };
+    match alone {
         Ok(last) => {
-            let first = last - items.len() as i64 + 1;
-            for (i, item) in items.into_iter().enumerate() {
+            let m = &inner.metrics;
+            m.commit_seconds.observe_duration(started.elapsed());
+            m.txn_documents.observe(1.0);
+            m.batch_size.observe(b.items.len() as f64);
+            m.updates_in.fetch_add(b.items.len() as u64, Relaxed);
+            inner
+                .lag
+                .committed(&b.doc, last, started, Instant::now(), &inner.metrics);
+            let first = last - b.items.len() as i64 + 1;
+            for (i, item) in b.items.into_iter().enumerate() {
                 let _ = item.done.send(Ok(first + i as i64));
             }
         }
-        Err(e) if e.is_client_data() && items.len() > 1 => {
-            tracing::debug!(doc, "batch of {} refused ({e}); one by one", items.len());
-            for item in items {
-                let r = call(inner, doc, &[item.update.as_slice()], &item.origin).await;
+        Err(e) if e.is_client_data() && b.items.len() > 1 => {
+            tracing::debug!(
+                doc = b.doc,
+                "batch of {} refused ({e}); one by one",
+                b.items.len()
+            );
+            for item in b.items {
+                let single = DocBatch {
+                    doc: b.doc.clone(),
+                    origin: item.origin.clone(),
+                    items: Vec::new(),
+                };
+                let started = Instant::now();
+                let r = apply(inner, conn, &single.doc, &[&item.update], &single.origin).await;
+                note_single(inner, &single.doc, &r, started);
                 let _ = item.done.send(r);
             }
         }
         Err(e) => {
-            for item in items {
+            if e.is_client_data() {
+                inner.metrics.updates_rejected.fetch_add(1, Relaxed);
+            } else if matches!(e, Error::Unavailable(_)) {
+                *conn = None;
+                tracing::warn!(doc = b.doc, "write failed: {e}");
+            }
+            for item in b.items {
                 let _ = item.done.send(Err(e.clone()));
             }
         }
     }
 }
 
-async fn call(inner: &Inner, doc: &str, updates: &[&[u8]], origin: &str) -> Result<i64> {
-    let started = Instant::now();
-    let r = db::apply_updates(&inner.pool, doc, updates, origin).await;
+fn note_single(inner: &Inner, doc: &str, r: &Result<i64>, started: Instant) {
     let m = &inner.metrics;
-    match &r {
+    match r {
         Ok(last) => {
-            m.batch_size.observe(updates.len() as f64);
             m.commit_seconds.observe_duration(started.elapsed());
-            m.updates_in.fetch_add(updates.len() as u64, Relaxed);
+            m.txn_documents.observe(1.0);
+            m.batch_size.observe(1.0);
+            m.updates_in.fetch_add(1, Relaxed);
             inner
                 .lag
-                .committed(doc, *last, started, &m.notify_lag_seconds);
+                .committed(doc, *last, started, Instant::now(), &inner.metrics);
         }
-        Err(e) if e.is_client_data() && updates.len() == 1 => {
-            m.updates_rejected.fetch_add(updates.len() as u64, Relaxed);
+        Err(e) if e.is_client_data() => {
+            m.updates_rejected.fetch_add(1, Relaxed);
         }
-        Err(Error::Unavailable(e)) => tracing::warn!(doc, "write failed: {e}"),
-        Err(_) => {}
+        Err(e) => tracing::warn!(doc, "write failed: {e}"),
     }
-    r
+}
+
+/// One document's batch in one statement (its own transaction).
+async fn apply_one(inner: &Inner, conn: &mut Option<Object>, b: &DocBatch) -> Result<i64> {
+    let updates: Vec<&[u8]> = b.items.iter().map(|i| i.update.as_slice()).collect();
+    apply(inner, conn, &b.doc, &updates, &b.origin).await
+}
+
+async fn apply(
+    inner: &Inner,
+    conn: &mut Option<Object>,
+    doc: &str,
+    updates: &[&[u8]],
+    origin: &str,
+) -> Result<i64> {
+    let c = connection(inner, conn).await?;
+    let st = c.prepare_cached(APPLY).await?;
+    let row = c.query_one(&st, &[&doc, &updates, &origin]).await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Several documents in one statement (so in one transaction): one `collab.apply_updates`
+/// call per document, in the order given, each on its slice of one flat array of updates.
+/// Any refused update fails (and rolls back) the whole statement.
+const APPLY_MANY: &str =
+    "SELECT t.ord, collab.apply_updates(t.doc, ($2::bytea[])[t.lo:t.hi], t.origin) \
+     FROM unnest($1::text[], $3::int4[], $4::int4[], $5::text[]) WITH ORDINALITY \
+          AS t(doc, lo, hi, origin, ord) \
+     ORDER BY t.ord";
+
+async fn apply_many(
+    inner: &Inner,
+    conn: &mut Option<Object>,
+    group: &[DocBatch],
+) -> Result<Vec<Option<i64>>> {
+    let c = connection(inner, conn).await?;
+    let st = c.prepare_cached(APPLY_MANY).await?;
+    let docs: Vec<&str> = group.iter().map(|b| b.doc.as_str()).collect();
+    let origins: Vec<&str> = group.iter().map(|b| b.origin.as_str()).collect();
+    let mut updates: Vec<&[u8]> = Vec::new();
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    for b in group {
+        lo.push(updates.len() as i32 + 1);
+        updates.extend(b.items.iter().map(|i| i.update.as_slice()));
+        hi.push(updates.len() as i32);
+    }
+    let rows = c.query(&st, &[&docs, &updates, &lo, &hi, &origins]).await?;
+    // Committed: from here on nothing may be retried.
+    let mut lasts = vec![None; group.len()];
+    for row in rows {
+        let (Ok(ord), Ok(last)) = (row.try_get::<_, i64>(0), row.try_get::<_, i64>(1)) else {
+            continue;
+        };
+        if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| lasts.get_mut(i)) {
+            *slot = Some(last);
+        }
+    }
+    Ok(lasts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(update: &[u8], origin: &str) -> Item {
+        Item {
+            update: update.to_vec(),
+            origin: origin.into(),
+            done: oneshot::channel().0,
+            queued: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn groups_whole_documents_sorted_with_their_origin() {
+        let mut docs = HashMap::new();
+        docs.insert("b".to_string(), vec![item(b"1", "x/1"), item(b"2", "x/2")]);
+        docs.insert("a".to_string(), vec![item(b"3", "x/1")]);
+        docs.insert("c".to_string(), vec![]);
+        let group = take_group(&mut docs, "x/*");
+        assert!(docs.is_empty());
+        let names: Vec<_> = group
+            .iter()
+            .map(|b| (b.doc.as_str(), b.origin.as_str()))
+            .collect();
+        assert_eq!(names, vec![("a", "x/1"), ("b", "x/*")]);
+    }
+
+    #[test]
+    fn a_transaction_stops_at_the_update_limit_but_takes_at_least_one_document() {
+        let mut docs = HashMap::new();
+        let many: Vec<Item> = (0..MAX_TXN_UPDATES + 1).map(|_| item(b"u", "o")).collect();
+        docs.insert("a".to_string(), many);
+        docs.insert("b".to_string(), vec![item(b"u", "o")]);
+        let group = take_group(&mut docs, "*");
+        assert_eq!(group.len(), 1);
+        assert_eq!(group[0].doc, "a");
+        assert_eq!(docs.len(), 1);
+        let group = take_group(&mut docs, "*");
+        assert_eq!(group[0].doc, "b");
+    }
+
+    #[test]
+    fn lanes_are_stable_and_in_range() {
+        for n in 1..6 {
+            for doc in ["a", "team/notes", "é"] {
+                assert!(lane_of(doc, n) < n);
+                assert_eq!(lane_of(doc, n), lane_of(doc, n));
+            }
+        }
+        assert_eq!(lanes_for_pool(16), 8);
+        assert_eq!(lanes_for_pool(1), 1);
+    }
 }

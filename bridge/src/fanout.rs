@@ -37,13 +37,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A message for one connection's writer; `since` is when its notification arrived (for the
+/// fan-out latency), if it came from one.
+pub struct Frame {
+    pub bytes: Bytes,
+    pub since: Option<Instant>,
+}
+
 /// What a room knows about one connection.
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
     /// `<bridge-id>/<conn-id>`: the origin of this connection's writes and broadcasts.
     pub origin: String,
-    pub tx: mpsc::Sender<Bytes>,
+    pub tx: mpsc::Sender<Frame>,
     pub kick: CancellationToken,
     pub kick_reason: Arc<Mutex<Option<Error>>>,
 }
@@ -60,7 +67,11 @@ impl ConnHandle {
 
     /// Queues a frame; a full queue means the client cannot keep up.
     pub fn send(&self, frame: Bytes, metrics: &Metrics) -> bool {
-        match self.tx.try_send(frame) {
+        self.send_since(frame, None, metrics)
+    }
+
+    fn send_since(&self, bytes: Bytes, since: Option<Instant>, metrics: &Metrics) -> bool {
+        match self.tx.try_send(Frame { bytes, since }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.kick.is_cancelled() {
@@ -100,7 +111,8 @@ struct AwarenessState {
 pub struct Room {
     pub name: String,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
-    events: mpsc::Sender<RoomEvent>,
+    /// Events with the instant their notification arrived.
+    events: mpsc::Sender<(Instant, RoomEvent)>,
     catchup: Notify,
     ready: watch::Receiver<bool>,
     stop: CancellationToken,
@@ -158,13 +170,23 @@ impl Room {
 
     /// Sends `frame` to every connection but the one whose origin is `origin`; returns how many.
     pub fn deliver(&self, frame: &Bytes, origin: Option<&str>, metrics: &Metrics) -> u64 {
+        self.deliver_since(frame, origin, None, metrics)
+    }
+
+    fn deliver_since(
+        &self,
+        frame: &Bytes,
+        origin: Option<&str>,
+        since: Option<Instant>,
+        metrics: &Metrics,
+    ) -> u64 {
         let conns = lock(&self.conns);
         let mut sent = 0;
         for c in conns.values() {
             if origin == Some(c.origin.as_str()) {
                 continue;
             }
-            if c.send(frame.clone(), metrics) {
+            if c.send_since(frame.clone(), since, metrics) {
                 sent += 1;
             }
         }
@@ -284,9 +306,9 @@ impl Hub {
         let Some(room) = self.room(doc) else {
             return;
         };
-        match room.events.try_send(event) {
+        match room.events.try_send((Instant::now(), event)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(RoomEvent::Broadcast { .. })) => {}
+            Err(mpsc::error::TrySendError::Full((_, RoomEvent::Broadcast { .. }))) => {}
             Err(mpsc::error::TrySendError::Full(_)) => room.catchup.notify_one(),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -302,7 +324,7 @@ impl Hub {
 
 async fn run_room(
     room: Arc<Room>,
-    mut rx: mpsc::Receiver<RoomEvent>,
+    mut rx: mpsc::Receiver<(Instant, RoomEvent)>,
     ready: watch::Sender<bool>,
     ctx: Arc<HubCtx>,
 ) {
@@ -330,14 +352,20 @@ async fn run_room(
             _ = room.stop.cancelled() => return,
             _ = room.catchup.notified() => last = catch_up(&room, &ctx, last).await,
             ev = rx.recv() => {
-                let Some(ev) = ev else { return };
-                last = handle_event(&room, &ctx, last, ev).await;
+                let Some((arrived, ev)) = ev else { return };
+                last = handle_event(&room, &ctx, last, ev, arrived).await;
             }
         }
     }
 }
 
-async fn handle_event(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, ev: RoomEvent) -> i64 {
+async fn handle_event(
+    room: &Arc<Room>,
+    ctx: &Arc<HubCtx>,
+    last: i64,
+    ev: RoomEvent,
+    arrived: Instant,
+) -> i64 {
     match ev {
         RoomEvent::Update {
             seq_from,
@@ -350,7 +378,7 @@ async fn handle_event(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, ev: RoomEv
             }
             match update {
                 Some(update) if seq_from == last + 1 => {
-                    send_update(room, ctx, update, origin.as_deref());
+                    send_update_since(room, ctx, update, origin.as_deref(), Some(arrived));
                     seq_to
                 }
                 _ => catch_up(room, ctx, last).await,
@@ -432,7 +460,17 @@ fn catch_up_retry(room: &Arc<Room>, last: i64) -> i64 {
 }
 
 fn send_update(room: &Room, ctx: &HubCtx, update: Vec<u8>, origin: Option<&str>) {
-    let n = room.deliver(&protocol::update(update), origin, &ctx.metrics);
+    send_update_since(room, ctx, update, origin, None)
+}
+
+fn send_update_since(
+    room: &Room,
+    ctx: &HubCtx,
+    update: Vec<u8>,
+    origin: Option<&str>,
+    since: Option<Instant>,
+) {
+    let n = room.deliver_since(&protocol::update(update), origin, since, &ctx.metrics);
     ctx.metrics
         .updates_out
         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);

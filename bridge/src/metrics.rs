@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A fixed-bucket histogram with atomic counts; the sum is kept in micro-units.
@@ -54,6 +54,10 @@ impl Histogram {
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Finer, for the stages of one update's way that should take well under a millisecond.
+const FINE_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 pub struct Metrics {
@@ -73,6 +77,10 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub notify_lag_seconds: Histogram,
+    pub queue_seconds: Histogram,
+    pub txn_documents: Histogram,
+    pub commit_to_notify_seconds: Histogram,
+    pub fanout_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -94,6 +102,10 @@ impl Default for Metrics {
             batch_size: Histogram::new(SIZES),
             commit_seconds: Histogram::new(SECONDS),
             notify_lag_seconds: Histogram::new(SECONDS),
+            queue_seconds: Histogram::new(FINE_SECONDS),
+            txn_documents: Histogram::new(SIZES),
+            commit_to_notify_seconds: Histogram::new(FINE_SECONDS),
+            fanout_seconds: Histogram::new(FINE_SECONDS),
         }
     }
 }
@@ -201,12 +213,33 @@ impl Metrics {
             "collab_bridge_notify_lag_seconds",
             "From the start of this bridge's collab.apply_updates call to the arrival of its notification.",
         );
+        self.queue_seconds.render(
+            &mut out,
+            "collab_bridge_queue_seconds",
+            "Time a client update waits for its transaction to start (group commit).",
+        );
+        self.txn_documents.render(
+            &mut out,
+            "collab_bridge_transaction_documents",
+            "Documents per write transaction (group commit across documents).",
+        );
+        self.commit_to_notify_seconds.render(
+            &mut out,
+            "collab_bridge_commit_to_notify_seconds",
+            "From the end of this bridge's write transaction to the arrival of its notification.",
+        );
+        self.fanout_seconds.render(
+            &mut out,
+            "collab_bridge_fanout_seconds",
+            "From the arrival of an update notification to its frame being written to a client socket.",
+        );
         out
     }
 }
 
 enum LagMark {
-    Started(Instant),
+    /// The write transaction started and finished at these instants.
+    Committed(Instant, Instant),
     Arrived(Instant),
 }
 
@@ -215,6 +248,8 @@ enum LagMark {
 #[derive(Default)]
 pub struct LagTracker {
     marks: Mutex<HashMap<(String, i64), LagMark>>,
+    /// Commit-to-notification histogram, handed over with the first commit.
+    after_commit: OnceLock<Arc<Metrics>>,
 }
 
 impl LagTracker {
@@ -224,21 +259,37 @@ impl LagTracker {
         if marks.len() > 4096 {
             let now = Instant::now();
             marks.retain(|_, m| match m {
-                LagMark::Started(t) | LagMark::Arrived(t) => {
+                LagMark::Committed(t, _) | LagMark::Arrived(t) => {
                     now.duration_since(*t) < Duration::from_secs(60)
                 }
             });
         }
     }
 
-    /// A batch started at `started` was committed as `..=seq_to`.
-    pub fn committed(&self, doc: &str, seq_to: i64, started: Instant, hist: &Histogram) {
+    /// A batch whose transaction ran from `started` to `finished` was committed as `..=seq_to`.
+    pub fn committed(
+        &self,
+        doc: &str,
+        seq_to: i64,
+        started: Instant,
+        finished: Instant,
+        metrics: &Arc<Metrics>,
+    ) {
+        let _ = self.after_commit.get_or_init(|| metrics.clone());
         self.with_marks(|m| match m.remove(&(doc.to_string(), seq_to)) {
             Some(LagMark::Arrived(t)) => {
-                hist.observe_duration(t.saturating_duration_since(started))
+                metrics
+                    .notify_lag_seconds
+                    .observe_duration(t.saturating_duration_since(started));
+                metrics
+                    .commit_to_notify_seconds
+                    .observe_duration(t.saturating_duration_since(finished));
             }
             _ => {
-                m.insert((doc.to_string(), seq_to), LagMark::Started(started));
+                m.insert(
+                    (doc.to_string(), seq_to),
+                    LagMark::Committed(started, finished),
+                );
             }
         });
     }
@@ -247,7 +298,14 @@ impl LagTracker {
     pub fn arrived(&self, doc: &str, seq_to: i64, hist: &Histogram) {
         let now = Instant::now();
         self.with_marks(|m| match m.remove(&(doc.to_string(), seq_to)) {
-            Some(LagMark::Started(t)) => hist.observe_duration(now.saturating_duration_since(t)),
+            Some(LagMark::Committed(started, finished)) => {
+                hist.observe_duration(now.saturating_duration_since(started));
+                if let Some(metrics) = self.after_commit.get() {
+                    metrics
+                        .commit_to_notify_seconds
+                        .observe_duration(now.saturating_duration_since(finished));
+                }
+            }
             _ => {
                 m.insert((doc.to_string(), seq_to), LagMark::Arrived(now));
             }

@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{now_secs, Access, Principal};
 use crate::db;
 use crate::error::{Error, Result};
-use crate::fanout::{lock, ConnHandle, Room};
+use crate::fanout::{lock, ConnHandle, Frame, Room};
+use crate::metrics::Metrics;
 use crate::protocol::{self, Incoming};
 use crate::{AppState, ConnSlot};
 
@@ -120,7 +121,7 @@ async fn run(
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(st.cfg.send_queue.max(1));
     let (close_tx, close_rx) = oneshot::channel();
-    let mut writer = tokio::spawn(write_loop(sink, rx, close_rx));
+    let mut writer = tokio::spawn(write_loop(sink, rx, close_rx, st.metrics.clone()));
     let handle = ConnHandle {
         id,
         origin: origin.clone(),
@@ -364,24 +365,30 @@ impl Conn {
     }
 }
 
+/// Frames written before one flush at most (what is queued is written together: one system
+/// call and, with TCP_NODELAY, as few packets as the sizes allow).
+const WRITE_BATCH: usize = 64;
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Frame>,
     mut close_rx: oneshot::Receiver<(u16, String)>,
+    metrics: Arc<Metrics>,
 ) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    let mut batch: Vec<Frame> = Vec::with_capacity(WRITE_BATCH);
     let (code, reason) = loop {
         tokio::select! {
             biased;
             c = &mut close_rx => break c.unwrap_or((1000, String::new())),
-            f = rx.recv() => match f {
-                Some(f) => {
-                    if sink.send(Message::Binary(f)).await.is_err() {
-                        return;
-                    }
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    break (&mut close_rx).await.unwrap_or((1000, String::new()));
                 }
-                None => break (&mut close_rx).await.unwrap_or((1000, String::new())),
+                if write_frames(&mut sink, &mut batch, &metrics).await.is_err() {
+                    return;
+                }
             },
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Bytes::new())).await.is_err() {
@@ -392,9 +399,10 @@ async fn write_loop(
     };
     // What was queued before the close still goes out (e.g. a permission-denied message).
     while let Ok(f) = rx.try_recv() {
-        if sink.send(Message::Binary(f)).await.is_err() {
-            return;
-        }
+        batch.push(f);
+    }
+    if write_frames(&mut sink, &mut batch, &metrics).await.is_err() {
+        return;
     }
     let frame = CloseFrame {
         code,
@@ -402,6 +410,31 @@ async fn write_loop(
     };
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
+}
+
+/// Writes and flushes `batch` (emptied), then records how long the update frames took from
+/// their notification to the socket.
+async fn write_frames(
+    sink: &mut SplitSink<WebSocket, Message>,
+    batch: &mut Vec<Frame>,
+    metrics: &Metrics,
+) -> std::result::Result<(), axum::Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut since = Vec::new();
+    for f in batch.drain(..) {
+        since.extend(f.since);
+        sink.feed(Message::Binary(f.bytes)).await?;
+    }
+    sink.flush().await?;
+    let now = std::time::Instant::now();
+    for t in since {
+        metrics
+            .fanout_seconds
+            .observe_duration(now.saturating_duration_since(t));
+    }
+    Ok(())
 }
 
 /// Sends this connection's awareness to all bridges, newest state only (coalesced while a

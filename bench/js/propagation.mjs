@@ -50,6 +50,7 @@ while (!clients.every(c => c.provider.synced)) {
 }
 
 let count = 0
+const cpu0 = process.cpuUsage()
 const timers = clients.map(c => {
   let n = 0
   return setInterval(() => {
@@ -63,13 +64,16 @@ const t0 = performance.now()
 await sleep(S * 1000)
 timers.forEach(clearInterval)
 const elapsed = (performance.now() - t0) / 1000
+const cpu = process.cpuUsage(cpu0)
 await sleep(2000) // drain
 latencies.sort((a, b) => a - b)
 const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : NaN
 const expected = count * (M - 1)
 console.log(JSON.stringify({
   docs: D, clients: D * M, sent_per_s: Math.round(count / elapsed),
-  delivered: received, expected, p50_ms: +q(0.5).toFixed(2), p99_ms: +q(0.99).toFixed(2)
+  delivered: received, expected, p50_ms: +q(0.5).toFixed(2), p99_ms: +q(0.99).toFixed(2),
+  // CPU of this harness process while sending (100 = one core busy): is the harness the limit?
+  harness_cpu_pct: Math.round((cpu.user + cpu.system) / 1e4 / elapsed)
 }))
 clients.forEach(c => c.provider.destroy())
 process.exit(0)

@@ -279,21 +279,21 @@ async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBa
                     group.len()
                 );
             }
+            // Alone, a document's own error is known; in a group it may be another's.
+            let known = (group.len() == 1).then_some(e);
             for b in group {
-                retry_doc(inner, conn, b, e.clone()).await;
+                retry_doc(inner, conn, b, known.clone()).await;
             }
         }
     }
 }
 
 /// After a failed transaction: the document's batch alone, then (if refused) update by update.
-async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, first_error: Error) {
+async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, known: Option<Error>) {
     let started = Instant::now();
-    // A batch of one document that failed on its own already has its answer.
-    let alone = if first_error.is_client_data() && b.items.len() == 1 {
-        Err(first_error)
-    } else {
-        apply_one(inner, conn, &b).await
+    let alone = match known {
+        Some(e) => Err(e),
+        None => apply_one(inner, conn, &b).await,
     };
     match alone {
         Ok(last) => {

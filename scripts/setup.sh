@@ -54,7 +54,11 @@ npm_install() { # dir, what for
     local dir="$1"
     if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
         say "installing npm packages for $2 (${dir#"$ROOT"/})"
-        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+        # `npm ci` refuses a lock that lacks other platforms' optional packages (rollup and
+        # esbuild publish one per platform; registry mirrors may carry only this one), so fall
+        # back to an install that follows the lock without rewriting it.
+        (cd "$dir" && { npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1 ||
+            npm install --no-save --no-audit --no-fund --loglevel=error >/dev/null; })
     else
         say "npm packages for $2 present"
     fi

@@ -18,8 +18,6 @@ use crate::error::{Error, Result};
 
 /// Secret of development mode. Public on purpose: `--dev` only runs on loopback addresses.
 pub const DEV_SECRET: &str = "pg_collab development secret: never use outside --dev";
-/// Lifetime of development-mode tokens: short, the page signs in again well before it ends.
-pub const DEV_TOKEN_SECS: u64 = 900;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +87,8 @@ pub struct Auth {
     allow_query_token: bool,
     allowed_origins: Vec<String>,
     dev_key: Option<EncodingKey>,
+    /// Lifetime of development-mode tokens: short, the page signs in again well before it ends.
+    dev_token_secs: u64,
     issuer: Option<String>,
     audience: Option<String>,
 }
@@ -192,9 +192,14 @@ impl Auth {
             allow_query_token: cfg.allow_query_token,
             allowed_origins,
             dev_key,
+            dev_token_secs: cfg.dev_token_secs,
             issuer: cfg.jwt_issuer.clone(),
             audience: cfg.jwt_audience.clone(),
         })
+    }
+
+    pub fn dev_token_secs(&self) -> u64 {
+        self.dev_token_secs
     }
 
     pub fn is_dev(&self) -> bool {
@@ -308,7 +313,7 @@ impl Auth {
         let now = now_secs();
         let claims = Claims {
             sub: Some(name.to_string()),
-            exp: now + DEV_TOKEN_SECS,
+            exp: now + self.dev_token_secs,
             nbf: Some(now.saturating_sub(5)),
             iat: Some(now),
             iss: self.issuer.clone(),
@@ -322,8 +327,8 @@ impl Auth {
     /// `Set-Cookie` value carrying a development token.
     pub fn dev_cookie(&self, token: &str) -> String {
         format!(
-            "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={DEV_TOKEN_SECS}",
-            self.cookie_name
+            "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+            self.cookie_name, self.dev_token_secs
         )
     }
 

@@ -114,6 +114,10 @@ pub struct Config {
     #[arg(long, env = "COLLAB_DEV", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub dev: bool,
 
+    /// Lifetime of the tokens development mode's sign-in issues, in seconds.
+    #[arg(long, env = "COLLAB_DEV_TOKEN_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(5..=86400))]
+    pub dev_token_secs: u64,
+
     /// Seconds to wait at shutdown for pending updates to be stored and connections to close.
     #[arg(long, env = "COLLAB_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

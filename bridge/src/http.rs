@@ -300,7 +300,7 @@ async fn dev_login(
     let cookie = HeaderValue::from_str(&st.auth.dev_cookie(&token))
         .map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp =
-        Json(json!({"name": name, "expires_in": crate::auth::DEV_TOKEN_SECS})).into_response();
+        Json(json!({"name": name, "expires_in": st.auth.dev_token_secs()})).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(resp)
 }

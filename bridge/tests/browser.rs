@@ -24,6 +24,10 @@ fn artifacts() -> PathBuf {
 /// A bridge in development mode serving the built page, on a fixed port so it can be restarted
 /// at the same address.
 async fn dev_bridge(pg: &Pg, port: u16) -> Bridge {
+    dev_bridge_with(pg, port, &[]).await
+}
+
+async fn dev_bridge_with(pg: &Pg, port: u16, extra: &[&str]) -> Bridge {
     let dist = web_dir().join("dist");
     assert!(
         dist.join("index.html").exists(),
@@ -31,12 +35,9 @@ async fn dev_bridge(pg: &Pg, port: u16) -> Bridge {
     );
     let listen = format!("127.0.0.1:{port}");
     let dist = dist.display().to_string();
-    Bridge::start(
-        pg,
-        "web",
-        &["--dev", "--listen", &listen, "--static-dir", &dist],
-    )
-    .await
+    let mut args = vec!["--dev", "--listen", &listen, "--static-dir", &dist];
+    args.extend_from_slice(extra);
+    Bridge::start(pg, "web", &args).await
 }
 
 fn browser(scenario: &str, bridge: &Bridge, doc: &str) -> Script {
@@ -229,6 +230,27 @@ async fn pages_survive_a_bridge_restart_and_lose_nothing_typed() {
     );
     // Each page only receives what was committed, so converged pages mean stored edits.
     assert_eq!(pg.text("restart").await, text, "everything typed is stored");
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_mid_session_is_renewed_without_losing_an_edit() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge_with(&pg, free_port(), &["--dev-token-secs", "12"]).await;
+    let mut node = browser("token_expiry", &bridge, "expiry");
+
+    let renewed = node.step("renewed").await;
+    let closes = renewed["closes"].as_array().unwrap();
+    assert!(
+        closes.contains(&serde_json::json!(4001)),
+        "the bridge ended the connection with 4001 at expiry: {closes:?}"
+    );
+    let states = renewed["states"].as_array().unwrap();
+    assert_eq!(states.last().unwrap(), "connected", "{states:?}");
+    let text = renewed["text"].as_str().unwrap();
+    assert_eq!(text, "Before expiry. After expiry.");
+    assert_eq!(pg.text("expiry").await, text);
     done(node).await;
 }
 

@@ -35,14 +35,14 @@ function scheduleRefresh () {
   clearTimeout(timer)
   if (!current || !current.dev) return
   const left = current.expires_at * 1000 - Date.now()
-  // A third of the remaining life, at least 10 s; a failed refresh is retried in 30 s.
+  // A third of the remaining life, at least 1 s; a failed refresh is retried in 30 s.
   timer = setTimeout(async () => {
     try {
       await signIn(current.name)
     } catch {
       timer = setTimeout(scheduleRefresh, 30000)
     }
-  }, Math.max(10000, left / 3))
+  }, Math.max(1000, left / 3))
 }
 
 // Distinct, readable on white; a name always gets the same one.

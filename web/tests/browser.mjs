@@ -42,6 +42,8 @@ async function person (name) {
       const s = el.dataset.state
       if (window.__states[window.__states.length - 1] !== s) window.__states.push(s)
     }).observe(el, { attributes: true, attributeFilter: ['data-state'] })
+    window.__closes = []
+    window.collab.provider.on('connection-close', (e) => window.__closes.push(e ? e.code : null))
   })
   return { name, ctx, page }
 }
@@ -209,6 +211,24 @@ const scenarios = {
     await Promise.all([connected(ada), connected(grace)])
     const t = await converge([ada, grace], (t) => t.includes('Typed while down.') && t.includes('Grace too.'))
     step('converged', { text: t, states: await statesSeen(ada) })
+  },
+
+  // The token ends during the connection: the bridge closes with 4001, the page (which renewed
+  // its cookie meanwhile) comes straight back, and editing goes on.
+  async token_expiry () {
+    const ada = await person('Ada')
+    const grace = await person('Grace')
+    await typeIn(ada, 0, 'Before expiry.')
+    await converge([ada, grace], (t) => t === 'Before expiry.')
+    await ada.page.waitForFunction(() => window.__closes.includes(4001), null, { timeout: 30000 })
+    await connected(ada)
+    await typeIn(ada, (await text(ada)).length, ' After expiry.')
+    const t = await converge([ada, grace], (t) => t.endsWith(' After expiry.'))
+    step('renewed', {
+      text: t,
+      closes: await ada.page.evaluate(() => window.__closes),
+      states: await statesSeen(ada)
+    })
   },
 
   // The history panel previews an earlier version, read-only.

@@ -4,10 +4,13 @@
 //!
 //! A client is a yrs document on a tokio-tungstenite socket (TCP_NODELAY) speaking the
 //! y-websocket sync protocol: sync step 1 on connect (the answer, sync step 2, marks it synced),
-//! then update messages, each a marker `#<client>.<n>;` inserted at the start of text `content`.
-//! Clients do not integrate what they receive (their own edits only ever reference their own
-//! items, which is valid Yjs); they find the markers in the received bytes, as Yjs v1 stores
-//! strings verbatim. That keeps the generator far cheaper than the server it measures.
+//! then update messages, each a marker `#<client>.<n>;` inserted at the start of text `content`
+//! (like the Node.js harness, bench/js/propagation.mjs). Clients find the markers in the received
+//! bytes (Yjs v1 stores strings verbatim) and integrate what they receive, as real clients do:
+//! a client that did not would make every insert at 0 concurrent with all earlier ones of the
+//! others, and the server's conflict resolution grow with the document (`--integrate no` does
+//! that, cheaper for the generator but not what editors do). One task per client, one select
+//! loop, no locks.
 //!
 //! Reports one JSON line: sent/s, delivered/s and expected deliveries, latency p50/p99/max from
 //! insert to arrival at each other client, and with `--db` the updates committed in
@@ -15,7 +18,8 @@
 //! during the window by that process and its children (e.g. the postmaster and its backends).
 //!
 //! Usage: `load --url ws://127.0.0.1:8080/ws [--token T] --docs N --clients M --rate R
-//!         --seconds S [--db postgres://...] [--cpu bridge:PID] [--cpu postgres:PID]`
+//!         --seconds S [--db postgres://...] [--cpu bridge:PID] [--cpu postgres:PID]
+//!         [--integrate yes|no]`
 //! (URL as for `new WebsocketProvider(url, room)`: the room name is appended after a `/`).
 
 use std::collections::HashSet;
@@ -29,7 +33,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, StateVector, Text, Transact};
+use yrs::{Doc, StateVector, Text, Transact, Update};
 
 struct Args {
     url: String,
@@ -40,12 +44,13 @@ struct Args {
     seconds: f64,
     db: Option<String>,
     cpu: Vec<(String, u32)>,
+    integrate: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: load --url WS_BASE [--token T] --docs N --clients M --rate PER_CLIENT_PER_S \
-         --seconds S [--db POSTGRES_URL] [--cpu NAME:PID]..."
+         --seconds S [--db POSTGRES_URL] [--cpu NAME:PID]... [--integrate yes|no]"
     );
     std::process::exit(2)
 }
@@ -60,6 +65,7 @@ fn parse_args() -> Args {
         seconds: 10.0,
         db: None,
         cpu: Vec::new(),
+        integrate: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -73,6 +79,7 @@ fn parse_args() -> Args {
             "--rate" => a.rate = num(&v),
             "--seconds" => a.seconds = num(&v),
             "--db" => a.db = Some(v),
+            "--integrate" => a.integrate = v != "no",
             "--cpu" => {
                 let (name, pid) = v.split_once(':').unwrap_or_else(|| usage());
                 a.cpu
@@ -215,6 +222,47 @@ struct Client {
     doc_name: String,
 }
 
+/// What a client does with a message from the server: times the markers of others in it (once
+/// per marker) and integrates the update into its document. True for sync step 2.
+struct Receiver {
+    me: usize,
+    sent: Arc<Sent>,
+    stats: Arc<Stats>,
+    seen: HashSet<(usize, usize)>,
+    latencies: Vec<u32>,
+    integrate: bool,
+}
+
+impl Receiver {
+    fn handle(&mut self, doc: &Doc, msg: WsMessage) -> bool {
+        let WsMessage::Binary(bytes) = msg else {
+            return false;
+        };
+        let now = Instant::now();
+        let (update, step2) = match Message::decode_v1(&bytes) {
+            Ok(Message::Sync(SyncMessage::SyncStep2(u))) => (u, true),
+            Ok(Message::Sync(SyncMessage::Update(u))) => (u, false),
+            _ => return false,
+        };
+        for (client, n) in markers(&update) {
+            if client == self.me || !self.seen.insert((client, n)) {
+                continue;
+            }
+            if let Some(l) = self.sent.latency(client, n, now) {
+                self.latencies
+                    .push(l.as_micros().min(u32::MAX as u128) as u32);
+                self.stats.delivered.fetch_add(1, Relaxed);
+            }
+        }
+        if self.integrate {
+            if let Ok(u) = Update::decode_v1(&update) {
+                let _ = doc.transact_mut().apply_update(u);
+            }
+        }
+        step2
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_client(
     c: Client,
@@ -226,6 +274,7 @@ async fn run_client(
     sending: Arc<AtomicBool>,
     period: Duration,
     mut stop: watch::Receiver<bool>,
+    integrate: bool,
 ) -> Result<(), String> {
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
         .await
@@ -235,78 +284,77 @@ async fn run_client(
     sink.send(WsMessage::Binary(step1.into()))
         .await
         .map_err(|e| e.to_string())?;
-    // Reader: wait for sync step 2, then time every marker of others.
     let me = c.id;
-    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel::<()>();
-    let reader = {
-        let sent = sent.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut synced_tx = Some(synced_tx);
-            let mut seen: HashSet<(usize, usize)> = HashSet::new();
-            let mut lat: Vec<u32> = Vec::new();
-            while let Some(Ok(msg)) = stream.next().await {
-                let WsMessage::Binary(bytes) = msg else {
-                    continue;
-                };
-                let now = Instant::now();
-                let update = match Message::decode_v1(&bytes) {
-                    Ok(Message::Sync(SyncMessage::SyncStep2(u))) => {
-                        if let Some(tx) = synced_tx.take() {
-                            let _ = tx.send(());
-                        }
-                        u
-                    }
-                    Ok(Message::Sync(SyncMessage::Update(u))) => u,
-                    _ => continue,
-                };
-                for (client, n) in markers(&update) {
-                    if client == me || !seen.insert((client, n)) {
-                        continue;
-                    }
-                    if let Some(l) = sent.latency(client, n, now) {
-                        lat.push(l.as_micros().min(u32::MAX as u128) as u32);
-                        stats.delivered.fetch_add(1, Relaxed);
-                    }
+    let doc = Doc::with_client_id(me as u64 + 1_000_000);
+    let text = doc.get_or_insert_text("content");
+    let mut rx = Receiver {
+        me,
+        sent: sent.clone(),
+        stats: stats.clone(),
+        seen: HashSet::new(),
+        latencies: Vec::new(),
+        integrate,
+    };
+    // Synced once sync step 2 (the document so far) arrived.
+    loop {
+        match stream.next().await {
+            Some(Ok(msg)) => {
+                if rx.handle(&doc, msg) {
+                    break;
                 }
             }
-            let mut all = stats.latencies_us.lock().unwrap_or_else(|p| p.into_inner());
-            all.extend(lat);
-        })
-    };
-    synced_rx
-        .await
-        .map_err(|_| format!("{}: closed before sync", c.doc_name))?;
+            _ => return Err(format!("{}: closed before sync", c.doc_name)),
+        }
+    }
     synced.wait().await;
     let _ = go.wait_for(|g| *g).await;
     // Spread the clients' ticks over the period.
-    tokio::time::sleep(period.mul_f64(rand_unit(me))).await;
-    let doc = Doc::with_client_id(me as u64 + 1_000_000);
-    let text = doc.get_or_insert_text("content");
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + period.mul_f64(rand_unit(me)),
+        period,
+    );
     let mut n = 0usize;
+    let mut typing = true;
     loop {
-        tick.tick().await;
-        if !sending.load(Relaxed) {
-            break;
-        }
-        let update = {
-            let mut txn = doc.transact_mut();
-            text.insert(&mut txn, 0, &format!("#{me}.{n};"));
-            txn.encode_update_v1()
-        };
-        sent.record(me, n);
-        n += 1;
-        stats.sent.fetch_add(1, Relaxed);
-        let frame = Message::Sync(SyncMessage::Update(update)).encode_v1();
-        if sink.send(WsMessage::Binary(frame.into())).await.is_err() {
-            break;
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(msg)) => {
+                    rx.handle(&doc, msg);
+                }
+                _ => break,
+            },
+            _ = tick.tick(), if typing => {
+                if !sending.load(Relaxed) {
+                    typing = false;
+                    continue;
+                }
+                let update = {
+                    let mut txn = doc.transact_mut();
+                    text.insert(&mut txn, 0, &format!("#{me}.{n};"));
+                    txn.encode_update_v1()
+                };
+                sent.record(me, n);
+                n += 1;
+                stats.sent.fetch_add(1, Relaxed);
+                let frame = Message::Sync(SyncMessage::Update(update)).encode_v1();
+                if sink.send(WsMessage::Binary(frame.into())).await.is_err() {
+                    break;
+                }
+            },
+            // Until told to close, everything sent is still awaited.
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
         }
     }
-    // Drain: keep reading until told to close.
-    let _ = stop.wait_for(|s| *s).await;
     let _ = sink.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+    stats
+        .latencies_us
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(rx.latencies);
     Ok(())
 }
 
@@ -378,6 +426,7 @@ async fn main() {
                 sending.clone(),
                 period,
                 stop.clone(),
+                a.integrate,
             )));
             // Do not storm the accept queue.
             if id % 50 == 49 {

@@ -31,7 +31,7 @@ export function openHistory (box, name) {
 
   let stopped = false
   async function preview (v) {
-    box.querySelector('#preview-title').textContent = `${name} at #${v.seq_to} (${time(v.last_at)})`
+    box.querySelector("#preview-title").textContent = `${name} at #${v.seq_to} (${time(v.last_at)}), read-only`
     quill.setText('Loading…')
     dialog.showModal()
     try {

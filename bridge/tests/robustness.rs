@@ -179,16 +179,7 @@ async fn http_api_reads_writes_and_caches_by_head_sequence() {
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
-    let doc = yrs::Doc::new();
-    let text = {
-        use yrs::updates::decoder::Decode;
-        use yrs::{GetString, Transact};
-        let text = doc.get_or_insert_text("content");
-        doc.transact_mut()
-            .apply_update(yrs::Update::decode_v1(&r.body).unwrap())
-            .unwrap();
-        text.get_string(&doc.transact())
-    };
+    let text = content_of(&r.body);
     assert_eq!(text, "hello!");
 
     let r = http(
@@ -304,16 +295,7 @@ async fn the_page_api_lists_documents_by_right_and_serves_history_and_old_versio
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("cache-control"), Some("no-store"));
-    let doc = yrs::Doc::new();
-    let text = {
-        use yrs::updates::decoder::Decode;
-        use yrs::{GetString, Transact};
-        let text = doc.get_or_insert_text("content");
-        doc.transact_mut()
-            .apply_update(yrs::Update::decode_v1(&r.body).unwrap())
-            .unwrap();
-        text.get_string(&doc.transact())
-    };
+    let text = content_of(&r.body);
     assert_eq!(text, "v1", "the document as it was at sequence 1");
     for bad in ["at=3", "at=-1", "at=x"] {
         let r = http(

@@ -711,6 +711,17 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// A Yjs update inserting `s` into field `content` of a fresh document.
+/// The text of field `content` in a document given as one v1 update.
+pub fn content_of(update: &[u8]) -> String {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("content");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).unwrap())
+        .unwrap();
+    let s = text.get_string(&doc.transact());
+    s
+}
+
 pub fn text_update(s: &str) -> Vec<u8> {
     let doc = Doc::new();
     let text = doc.get_or_insert_text("content");

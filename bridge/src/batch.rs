@@ -10,8 +10,8 @@
 //! Why across documents: PostgreSQL serialises the commits of notifying transactions on one
 //! database-wide lock (held through the WAL flush), so one transaction per document and update
 //! makes every writer queue behind every other; one transaction for many documents pays that lock,
-//! the commit and the round trips once. A lane keeps its pooled connection while it has work, so
-//! the backend's decoded-document cache stays current for the lane's documents.
+//! the commit and the round trips once. A lane keeps its pooled connection (half of the pool is
+//! for lanes), so the backend's decoded-document cache stays current for the lane's documents.
 //!
 //! A batch takes the origin of its writers when they are all the same connection, otherwise
 //! `<bridge-id>/*` (delivered to everyone, the writers included: re-applying is harmless in Yjs).
@@ -52,6 +52,10 @@ struct LaneQueue {
     docs: HashMap<String, Vec<Item>>,
     /// Whether a writer task is running for this lane.
     running: bool,
+    /// The lane's connection while no writer runs: kept, so that its backend's cache of decoded
+    /// documents stays current for the lane's documents (a pooled connection taken afresh would
+    /// be any backend, one that has to catch up with the log or load the document again).
+    conn: Option<Object>,
 }
 
 struct Inner {
@@ -141,15 +145,16 @@ struct DocBatch {
     origin: String,
 }
 
-/// The one writer of a lane: commits what is queued one transaction at a time, then goes away.
-/// It keeps its pooled connection while there is work.
+/// The one writer of a lane: commits what is queued one transaction at a time, then goes away,
+/// leaving the lane's connection for the next writer.
 async fn writer(inner: Arc<Inner>, lane: usize) {
-    let mut conn: Option<Object> = None;
+    let mut conn: Option<Object> = lock(&inner.lanes[lane]).conn.take();
     loop {
         let group = {
             let mut queue = lock(&inner.lanes[lane]);
             if queue.docs.is_empty() {
                 queue.running = false;
+                queue.conn = conn;
                 return;
             }
             take_group(&mut queue.docs, &inner.mixed_origin)

@@ -70,7 +70,7 @@ sleep 2
 load() { "$CARGO_TARGET_DIR/release/load" --seconds "$secs" "$@"; }
 bridge_load() {
     load --url "ws://127.0.0.1:$bport/ws" --token "$token" --db "$url" \
-        --cpu "bridge:$bridge" --cpu "postgres:$postmaster" "$@"
+        --cpu "bridge:$bridge" --cpu "postgres:$postmaster" --metrics "127.0.0.1:$bport" "$@"
 }
 reference_load() { load --url "ws://127.0.0.1:$rport" --cpu "reference:$reference" "$@"; }
 # A short breather between runs, so that one run's tail does not land in the next; then, while

@@ -19,7 +19,9 @@
 //!
 //! Usage: `load --url ws://127.0.0.1:8080/ws [--token T] --docs N --clients M --rate R
 //!         --seconds S [--db postgres://...] [--cpu bridge:PID] [--cpu postgres:PID]
-//!         [--integrate yes|no]`
+//!         [--integrate yes|no] [--metrics HOST:PORT]`
+//! With `--metrics` (collab-bridge's address) it also reports the mean of each stage of an
+//! update's way through the bridge during the run, from the bridge's histograms.
 //! (URL as for `new WebsocketProvider(url, room)`: the room name is appended after a `/`).
 
 use std::collections::HashSet;
@@ -45,12 +47,14 @@ struct Args {
     db: Option<String>,
     cpu: Vec<(String, u32)>,
     integrate: bool,
+    /// collab-bridge's `/metrics` address (host:port), for the stages of this run.
+    metrics: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: load --url WS_BASE [--token T] --docs N --clients M --rate PER_CLIENT_PER_S \
-         --seconds S [--db POSTGRES_URL] [--cpu NAME:PID]... [--integrate yes|no]"
+         --seconds S [--db POSTGRES_URL] [--cpu NAME:PID]... [--integrate yes|no] [--metrics HOST:PORT]"
     );
     std::process::exit(2)
 }
@@ -66,6 +70,7 @@ fn parse_args() -> Args {
         db: None,
         cpu: Vec::new(),
         integrate: true,
+        metrics: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -80,6 +85,7 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = num(&v),
             "--db" => a.db = Some(v),
             "--integrate" => a.integrate = v != "no",
+            "--metrics" => a.metrics = Some(v),
             "--cpu" => {
                 let (name, pid) = v.split_once(':').unwrap_or_else(|| usage());
                 a.cpu
@@ -215,6 +221,56 @@ async fn rows(db: &tokio_postgres::Client, prefix: &str) -> Option<i64> {
         .await
         .ok()?;
     row.try_get(0).ok()
+}
+
+/// The bridge's histogram sums and counts (`<name>_sum`, `<name>_count`).
+async fn bridge_metrics(addr: &str) -> std::collections::HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = std::collections::HashMap::new();
+    let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else {
+        return out;
+    };
+    let req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = String::new();
+    if c.write_all(req.as_bytes()).await.is_err() || c.read_to_string(&mut body).await.is_err() {
+        return out;
+    }
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((name, v)) = line.split_once(' ') {
+            if name.ends_with("_sum") || name.ends_with("_count") {
+                out.insert(name.to_string(), v.trim().parse().unwrap_or(0.0));
+            }
+        }
+    }
+    out
+}
+
+/// Means over the run of the bridge's stages: `"name":mean` pairs (ms for durations).
+fn stage_means(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+) -> String {
+    let stages = [
+        ("queue_ms", "collab_bridge_queue_seconds", 1e3),
+        ("txn_ms", "collab_bridge_commit_seconds", 1e3),
+        (
+            "commit_to_notify_ms",
+            "collab_bridge_commit_to_notify_seconds",
+            1e3,
+        ),
+        ("fanout_ms", "collab_bridge_fanout_seconds", 1e3),
+        ("docs_per_txn", "collab_bridge_transaction_documents", 1.0),
+        ("updates_per_doc_call", "collab_bridge_batch_size", 1.0),
+    ];
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let parts: Vec<String> = stages
+        .iter()
+        .filter_map(|(label, name, scale)| {
+            let n = d(&format!("{name}_count"));
+            (n > 0.0).then(|| format!("\"{label}\":{:.3}", scale * d(&format!("{name}_sum")) / n))
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
 }
 
 struct Client {
@@ -451,6 +507,10 @@ async fn main() {
         Some(db) => committed(db, &prefix).await,
         None => None,
     };
+    let m0 = match &a.metrics {
+        Some(addr) => Some(bridge_metrics(addr).await),
+        None => None,
+    };
     let cpu0: Vec<u64> = a.cpu.iter().map(|(_, pid)| tree_ticks(*pid)).collect();
     let self0 = cpu_ticks(std::process::id());
     let t0 = Instant::now();
@@ -479,6 +539,10 @@ async fn main() {
             break;
         }
     }
+    let stages = match (&a.metrics, &m0) {
+        (Some(addr), Some(m0)) => Some(stage_means(m0, &bridge_metrics(addr).await)),
+        _ => None,
+    };
     let c_final = match &db {
         Some(db) => committed(db, &prefix).await,
         None => None,
@@ -542,6 +606,9 @@ async fn main() {
     for c in cpu {
         out.push(',');
         out.push_str(&c);
+    }
+    if let Some(st) = stages {
+        out.push_str(&format!(",\"bridge_stages\":{st}"));
     }
     out.push_str(&format!(
         ",\"loadavg_before\":\"{load_before}\",\"loadavg_after\":\"{load_after}\"}}"

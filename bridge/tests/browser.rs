@@ -41,15 +41,21 @@ async fn dev_bridge_with(pg: &Pg, port: u16, extra: &[&str]) -> Bridge {
 }
 
 fn browser(scenario: &str, bridge: &Bridge, doc: &str) -> Script {
+    browser_with(scenario, bridge, doc, &[])
+}
+
+fn browser_with(scenario: &str, bridge: &Bridge, doc: &str, extra: &[String]) -> Script {
     let web = web_dir();
+    let mut args = vec![
+        scenario.to_string(),
+        format!("http://{}", bridge.addr),
+        doc.to_string(),
+        artifacts().display().to_string(),
+    ];
+    args.extend_from_slice(extra);
     let mut s = Script::start(
         &web.join("tests/browser.mjs"),
-        &[
-            scenario.to_string(),
-            format!("http://{}", bridge.addr),
-            doc.to_string(),
-            artifacts().display().to_string(),
-        ],
+        &args,
         &web.join("node_modules/playwright-core"),
     );
     s.step_limit = Duration::from_secs(90);
@@ -251,6 +257,28 @@ async fn a_token_that_expires_mid_session_is_renewed_without_losing_an_edit() {
     let text = renewed["text"].as_str().unwrap();
     assert_eq!(text, "Before expiry. After expiry.");
     assert_eq!(pg.text("expiry").await, text);
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_applications_cookie_a_read_only_token_gives_a_read_only_editor() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let dist = web_dir().join("dist").display().to_string();
+    let bridge = Bridge::start(&pg, "app", &["--static-dir", &dist]).await;
+    let tokens = [token(&[("shared", "write")]), token(&[("shared", "read")])];
+    let mut node = browser_with("app_cookie", &bridge, "shared", &tokens);
+
+    let seen = node.step("seen").await;
+    assert_eq!(seen["signin_shown"], false, "no sign-in form outside --dev");
+    assert_eq!(seen["text"], "Written by the writer.");
+    assert_eq!(
+        seen["reader_text"], "Written by the writer.",
+        "the reader follows"
+    );
+    assert_eq!(seen["reader_editable"], "false");
+    assert_eq!(seen["reader_status"], "Connected (read-only)");
+    assert_eq!(pg.text("shared").await, "Written by the writer.");
     done(node).await;
 }
 

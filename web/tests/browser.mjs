@@ -12,7 +12,7 @@ import readline from 'node:readline'
 
 import { chromium } from 'playwright-core'
 
-const [scenario, base, doc, artifacts] = process.argv.slice(2)
+const [scenario, base, doc, artifacts, ...tokens] = process.argv.slice(2)
 const input = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]()
 const step = (name, data = {}) => console.log(JSON.stringify({ step: name, ...data }))
 const waitLine = async () => (await input.next()).value
@@ -228,6 +228,37 @@ const scenarios = {
       text: t,
       closes: await ada.page.evaluate(() => window.__closes),
       states: await statesSeen(ada)
+    })
+  },
+
+  // Without --dev the application sets the token cookie; a read-only token gives a read-only
+  // editor that still follows the writer.
+  async app_cookie () {
+    const [writerToken, readerToken] = tokens
+    const open = async (token) => {
+      const ctx = await browser.newContext({ viewport: { width: 900, height: 620 } })
+      await ctx.addCookies([{ name: 'collab_token', value: token, url: base, httpOnly: true, sameSite: 'Strict' }])
+      const page = await ctx.newPage()
+      page.on('pageerror', (e) => pageErrors.push(e.message))
+      await page.goto(`${base}/d/${encodeURIComponent(doc)}`)
+      await page.waitForSelector('#status[data-state=connected]', { timeout: 15000 })
+      return { ctx, page }
+    }
+    const writer = await open(writerToken)
+    const reader = await open(readerToken)
+    await reader.page.waitForFunction(() => document.getElementById('status').textContent === 'Connected (read-only)', null, { timeout: 10000 })
+    await typeIn(writer, 0, 'Written by the writer.')
+    const t = await converge([writer, reader], (t) => t === 'Written by the writer.')
+    // Typing into the read-only page changes nothing.
+    await reader.page.click('.ql-editor')
+    await reader.page.keyboard.type('nope', { delay: 8 })
+    await sleep(500)
+    step('seen', {
+      text: t,
+      reader_text: await text(reader),
+      reader_editable: await reader.page.getAttribute('.ql-editor', 'contenteditable'),
+      reader_status: await reader.page.textContent('#status'),
+      signin_shown: (await writer.page.$('#signin-form')) !== null
     })
   },
 

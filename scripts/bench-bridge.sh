@@ -104,22 +104,18 @@ for i in $(seq "$repeats"); do
 done
 
 say "2. Rust load generator: the same loads, then throughput (20,000 and 24,000 updates/s offered)"
-for i in $(seq "$repeats"); do
-    for load in "10 4 10" "50 2 20"; do
-        read -r d m r <<<"$load"
-        pause; printf 'rust %s x %s @ %s/s  reference:     ' "$d" "$m" "$r"
-        reference_load --docs "$d" --clients "$m" --rate "$r"
-        pause; printf 'rust %s x %s @ %s/s  collab-bridge: ' "$d" "$m" "$r"
-        bridge_load --docs "$d" --clients "$m" --rate "$r"
-    done
-done
-for load in "100 2 50" "100 2 100" "100 2 120" "20 2 600"; do
-    read -r d m r <<<"$load"
+rust_side_by_side() { # "docs clients rate"
+    local d m r
+    read -r d m r <<<"$1"
     pause; printf 'rust %s x %s @ %s/s  reference:     ' "$d" "$m" "$r"
     reference_load --docs "$d" --clients "$m" --rate "$r"
     pause; printf 'rust %s x %s @ %s/s  collab-bridge: ' "$d" "$m" "$r"
     bridge_load --docs "$d" --clients "$m" --rate "$r"
+}
+for i in $(seq "$repeats"); do
+    for load in "10 4 10" "50 2 20"; do rust_side_by_side "$load"; done
 done
+for load in "100 2 50" "100 2 100" "100 2 120" "20 2 600"; do rust_side_by_side "$load"; done
 say "bridge metrics (group commit and stages of the way of an update, over all runs so far)"
 curl -s "http://127.0.0.1:$bport/metrics" | grep -E '^collab_bridge_(batch_size|transaction_documents|queue_seconds|commit_seconds|commit_to_notify_seconds|fanout_seconds|notify_lag_seconds)_(sum|count)' \
     | awk '{ v[$1] = $2 } END {

@@ -23,12 +23,13 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use crate::db;
 use crate::error::{Error, Result};
 use crate::fanout::lock;
 use crate::metrics::{LagTracker, Metrics};
@@ -207,21 +208,7 @@ async fn connection<'a>(inner: &Inner, conn: &'a mut Option<Object>) -> Result<&
         *conn = None;
     }
     if conn.is_none() {
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 0;
-        let c = loop {
-            match inner.pool.get().await {
-                Ok(c) => break c,
-                Err(e) if attempt < 2 => {
-                    tracing::warn!("no database connection for a write: {e}; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 3;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        *conn = Some(c);
+        *conn = Some(db::client_retrying(&inner.pool).await?);
     }
     conn.as_ref()
         .ok_or_else(|| Error::Internal("no connection".into()))

@@ -538,7 +538,7 @@ async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
 
 /// A pooled connection for a write. Acquisition is retried (nothing was sent yet, so that is
 /// safe); a statement that fails half-way is not, as it may have committed.
-async fn client_retrying(pool: &Pool) -> Result<deadpool_postgres::Object> {
+pub(crate) async fn client_retrying(pool: &Pool) -> Result<deadpool_postgres::Object> {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 0;
     loop {

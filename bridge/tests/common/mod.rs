@@ -212,24 +212,27 @@ impl Bridge {
     /// A bridge verifying EdDSA tokens with the public key in `public_pem`.
     pub async fn start_with_key(pg: &Pg, id: &str, public_pem: &str) -> Bridge {
         let args = ["--jwt-public-key", public_pem, "--jwt-algorithm", "eddsa"];
-        let mut b = Self::spawn_inner(pg, id, &args, false).await.unwrap();
+        let mut b = Self::spawn_inner(&pg.url(), id, &args, false)
+            .await
+            .unwrap();
         b.wait_healthy().await;
         b
     }
 
     /// Spawns a bridge; Err(stderr) if it exits before listening.
     pub async fn spawn(pg: &Pg, id: &str, extra: &[&str]) -> Result<Bridge, String> {
-        Self::spawn_inner(pg, id, extra, !extra.contains(&"--dev")).await
+        Self::spawn_inner(&pg.url(), id, extra, !extra.contains(&"--dev")).await
     }
 
+    /// Err(exit status and stderr) if the bridge stops before it listens.
     async fn spawn_inner(
-        pg: &Pg,
+        database_url: &str,
         id: &str,
         extra: &[&str],
         with_secret: bool,
     ) -> Result<Bridge, String> {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_collab-bridge"));
-        cmd.args(["--database-url", &pg.url(), "--bridge-id", id]);
+        cmd.args(["--database-url", database_url, "--bridge-id", id]);
         if !extra.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
@@ -245,6 +248,7 @@ impl Bridge {
             ])
             .args(extra)
             .env_remove("COLLAB_DEV")
+            .env_remove("COLLAB_DATABASE_CA_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -259,7 +263,9 @@ impl Bridge {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[bridge {tag}] {line}");
-                errors2.lock().unwrap().push_str(&line);
+                let mut e = errors2.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
             }
         });
         let mut lines = BufReader::new(stdout).lines();
@@ -267,9 +273,13 @@ impl Bridge {
         let line = match first {
             Ok(Ok(Some(line))) => line,
             _ => {
-                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return Err(errors.lock().unwrap().clone());
+                let status = match status {
+                    Ok(Ok(s)) => format!("exited with {s}"),
+                    _ => "still running".to_string(),
+                };
+                return Err(format!("{status}: {}", errors.lock().unwrap()));
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -844,58 +854,6 @@ impl Bridge {
         id: &str,
         extra: &[&str],
     ) -> Result<Bridge, String> {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_collab-bridge"));
-        cmd.args(["--database-url", database_url, "--bridge-id", id])
-            .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
-            .args(["--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE])
-            .args(["--log", "info,collab_bridge=debug"])
-            .args(["--shutdown-grace-secs", "5"])
-            .args(extra)
-            .env_remove("COLLAB_DEV")
-            .env_remove("COLLAB_DATABASE_CA_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let tag = id.to_string();
-        let errors = Arc::new(Mutex::new(String::new()));
-        let errors2 = errors.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[bridge {tag}] {line}");
-                let mut e = errors2.lock().unwrap();
-                e.push_str(&line);
-                e.push('\n');
-            }
-        });
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
-        let line = match first {
-            Ok(Ok(Some(line))) => line,
-            _ => {
-                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let status = match status {
-                    Ok(Ok(s)) => format!("exited with {s}"),
-                    _ => "still running".to_string(),
-                };
-                return Err(format!("{status}: {}", errors.lock().unwrap()));
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Ok(Bridge {
-            child,
-            addr,
-            id: id.to_string(),
-        })
+        Self::spawn_inner(database_url, id, extra, true).await
     }
 }

@@ -62,19 +62,31 @@ async fn unknown_api() -> Error {
     Error::NotFound
 }
 
-/// `GET /api/session`: who the token (cookie or header) says the caller is, and until when.
+#[derive(Deserialize)]
+struct SessionQuery {
+    token: Option<String>,
+    /// Also answer the caller's right on this document (the token alone decides: no query).
+    doc: Option<String>,
+}
+
+/// `GET /api/session[?doc=NAME]`: who the token (cookie or header) says the caller is, until
+/// when, and with `doc` their right on that document (`null`: none).
 async fn session(
     State(st): State<AppState>,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<SessionQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let principal = st.auth.authenticate(&headers, q.token.as_deref())?;
-    Ok(Json(json!({
+    let mut body = json!({
         "name": principal.subject,
         "expires_at": principal.expires_at,
         "dev": st.auth.is_dev(),
-    }))
-    .into_response())
+    });
+    if let Some(doc) = q.doc {
+        db::validate_doc_name(&doc)?;
+        body["access"] = json!(principal.access(&doc));
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `GET /api/docs`: the most recently edited documents the caller may read.

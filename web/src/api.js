@@ -41,10 +41,10 @@ const docPath = (name) => `/api/docs/${encodeURIComponent(name)}`
 
 export const api = {
   session: () => call('GET', '/api/session'),
+  access: (name) => call('GET', `/api/session?doc=${encodeURIComponent(name)}`),
   login: (name) => call('POST', '/api/dev/login', { name }),
   logout: () => call('POST', '/api/dev/logout'),
   docs: () => call('GET', '/api/docs'),
-  doc: (name) => call('GET', docPath(name)),
   history: (name) => call('GET', `${docPath(name)}/history`),
   stateAt: (name, seq) => call('GET', `${docPath(name)}/state?at=${seq}`)
 }

@@ -68,8 +68,8 @@ export function openEditor (app, name, user) {
   const status = new ConnectionStatus(provider, backoff, ydoc)
   const people = new PeopleList(app.querySelector('#people'), provider.awareness)
 
-  api.doc(name).then((d) => {
-    if (d.access === 'read') {
+  api.access(name).then((s) => {
+    if (s.access === 'read') {
       quill.enable(false)
       status.readOnly = true
       status.render()

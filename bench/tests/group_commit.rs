@@ -51,6 +51,8 @@ async fn a_refused_update_fails_only_its_own_connection() {
         "--database-url",
         &url,
         // One write lane: all documents go through the same transactions.
+        "--write-lanes",
+        "1",
         "--pool-size",
         "2",
         "--log",

@@ -1,7 +1,7 @@
 //! Group commit, per document and across documents.
 //!
-//! Documents are spread over a few *lanes* (by a hash of the name, so a document always uses the
-//! same lane). Each lane commits one transaction at a time; while it is in flight, updates
+//! Documents are spread over a few *lanes* (`--write-lanes`, by a hash of the name, so a
+//! document always uses the same lane). Each lane commits one transaction at a time; while it is in flight, updates
 //! arriving for any of its documents queue up, and the next transaction takes everything queued:
 //! one statement making one `collab.apply_updates` call per document (sorted by name, so that
 //! concurrent transactions of several bridges lock documents in the same order). No timer: an
@@ -10,8 +10,11 @@
 //! Why across documents: PostgreSQL serialises the commits of notifying transactions on one
 //! database-wide lock (held through the WAL flush), so one transaction per document and update
 //! makes every writer queue behind every other; one transaction for many documents pays that lock,
-//! the commit and the round trips once. A lane keeps its pooled connection (half of the pool is
-//! for lanes), so the backend's decoded-document cache stays current for the lane's documents.
+//! the commit and the round trips once. Two lanes are enough: while one commits, the other runs
+//! its statement, and more would only queue for that lock, each with fewer documents (see
+//! bench/RESULTS.md). A lane keeps its pooled connection, so the backend's decoded-document cache
+//! stays current for the lane's documents; the bridge sizes that cache (`collab.cache_documents`)
+//! for the documents a lane serves.
 //!
 //! A batch takes the origin of its writers when they are all the same connection, otherwise
 //! `<bridge-id>/*` (delivered to everyone, the writers included: re-applying is harmless in Yjs).
@@ -64,6 +67,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     lag: Arc<LagTracker>,
     mixed_origin: String,
+    /// `SET` on each connection a lane takes.
+    setup: String,
     lanes: Vec<Mutex<LaneQueue>>,
     tracker: TaskTracker,
 }
@@ -73,28 +78,24 @@ pub struct Batcher {
     inner: Arc<Inner>,
 }
 
-/// Lanes for a pool of `pool_size` connections: half of it (the other half serves reads), at
-/// most 8 (more concurrent writers than that only contend for the notification lock).
-pub fn lanes_for_pool(pool_size: usize) -> usize {
-    (pool_size / 2).clamp(1, 8)
-}
-
 impl Batcher {
     pub fn new(
         pool: Pool,
+        lanes: usize,
+        cache_documents: u32,
         metrics: Arc<Metrics>,
         lag: Arc<LagTracker>,
         bridge_id: &str,
         tracker: TaskTracker,
     ) -> Self {
-        let lanes = lanes_for_pool(pool.status().max_size);
         Batcher {
             inner: Arc::new(Inner {
                 pool,
                 metrics,
                 lag,
                 mixed_origin: format!("{bridge_id}/*"),
-                lanes: (0..lanes).map(|_| Mutex::default()).collect(),
+                setup: format!("SET collab.cache_documents = {cache_documents}"),
+                lanes: (0..lanes.max(1)).map(|_| Mutex::default()).collect(),
                 tracker,
             }),
         }
@@ -208,7 +209,9 @@ async fn connection<'a>(inner: &Inner, conn: &'a mut Option<Object>) -> Result<&
         *conn = None;
     }
     if conn.is_none() {
-        *conn = Some(db::client_retrying(&inner.pool).await?);
+        let c = db::client_retrying(&inner.pool).await?;
+        c.batch_execute(&inner.setup).await?;
+        *conn = Some(c);
     }
     conn.as_ref()
         .ok_or_else(|| Error::Internal("no connection".into()))
@@ -461,7 +464,5 @@ mod tests {
                 assert_eq!(lane_of(doc, n), lane_of(doc, n));
             }
         }
-        assert_eq!(lanes_for_pool(16), 8);
-        assert_eq!(lanes_for_pool(1), 1);
     }
 }

@@ -48,6 +48,17 @@ pub struct Config {
     #[arg(long, env = "COLLAB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
 
+    /// Connections that write (each commits one transaction at a time, grouping every document
+    /// queued meanwhile); taken from the pool, so fewer than --pool-size. PostgreSQL commits
+    /// notifying transactions one at a time, so more writers than two only queue on its lock.
+    #[arg(long, env = "COLLAB_WRITE_LANES", default_value_t = 2)]
+    pub write_lanes: usize,
+
+    /// Decoded documents each writing connection's backend keeps (its collab.cache_documents):
+    /// a write to a document it holds costs the change, anything else a reload.
+    #[arg(long, env = "COLLAB_WRITE_CACHE_DOCUMENTS", default_value_t = 256)]
+    pub write_cache_documents: u32,
+
     /// Identifier of this bridge in update origins (`<bridge-id>/<conn-id>`); random if unset.
     #[arg(long, env = "COLLAB_BRIDGE_ID")]
     pub bridge_id: Option<String>,

@@ -9,7 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -115,14 +115,12 @@ impl PgTarget {
         self.config.connect(self.tls.clone()).await
     }
 
-    /// At startup, with TLS required or verified: one connection, so that a certificate or TLS
-    /// setup that can never work stops the bridge with a clear message instead of retrying
-    /// forever. A database that is merely unreachable is only logged (the bridge retries).
-    pub async fn check_tls(&self) -> Result<(), String> {
-        if self.ssl_mode == SslMode::Disable || (self.ssl_mode == SslMode::Prefer && !self.verifies)
-        {
-            return Ok(());
-        }
+    /// At startup: one connection, so that a setup that can never work (an untrusted
+    /// certificate, no TLS where it is required, credentials or a client certificate the server
+    /// refuses, a database that does not exist) stops the bridge with a clear message instead
+    /// of retrying forever. A database that is merely unreachable is only logged (the bridge
+    /// retries).
+    pub async fn check_at_startup(&self) -> Result<(), String> {
         match self.connect().await {
             Ok(_) => Ok(()),
             Err(e) if is_tls_error(&e) => Err(format!(
@@ -135,14 +133,28 @@ impl PgTarget {
                     ""
                 }
             )),
+            Err(e) if is_login_error(&e) => Err(format!(
+                "PostgreSQL refused the bridge's login: {} (check the user, password, database, \
+                 sslcert/sslkey in --database-url and the server's pg_hba.conf)",
+                error_chain(&e)
+            )),
             Err(e) => {
                 tracing::warn!(
-                    "database not reachable at startup: {e}; retrying in the background"
+                    "database not reachable at startup: {}; retrying in the background",
+                    error_chain(&e)
                 );
                 Ok(())
             }
         }
     }
+}
+
+/// The server refused the login itself (SQLSTATE class 28, or no such database): retrying
+/// with the same settings cannot help.
+fn is_login_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        c.code().starts_with("28") || *c == tokio_postgres::error::SqlState::INVALID_CATALOG_NAME
+    })
 }
 
 /// An error with its causes (tokio-postgres' Display leaves out why a TLS handshake failed).
@@ -187,13 +199,19 @@ pub fn pg_config(
     ca_file: Option<&Path>,
     application_name: &str,
 ) -> Result<PgTarget, String> {
-    let (rest, mode, rootcert) =
-        split_ssl_params(url).map_err(|e| format!("invalid --database-url: {e}"))?;
+    let (rest, ssl) = split_ssl_params(url).map_err(|e| format!("invalid --database-url: {e}"))?;
     let mut cfg: tokio_postgres::Config = rest
         .parse()
         .map_err(|e| format!("invalid --database-url: {e}"))?;
-    let mode = mode.unwrap_or(SslMode::Prefer);
-    let roots = match (rootcert, ca_file) {
+    let mode = ssl.mode.unwrap_or(SslMode::Prefer);
+    let identity = match (&ssl.cert, &ssl.key) {
+        (Some(cert), Some(key)) if mode != SslMode::Disable => {
+            Some(load_identity(Path::new(cert), Path::new(key))?)
+        }
+        (Some(_), Some(_)) | (None, None) => None,
+        _ => return Err("sslcert and sslkey in --database-url go together".into()),
+    };
+    let roots = match (ssl.rootcert, ca_file) {
         (Some(_), Some(_)) => {
             return Err(
                 "give the database CA either as sslrootcert in --database-url or as \
@@ -229,7 +247,7 @@ pub fn pg_config(
     cfg.connect_timeout(Duration::from_secs(10));
     cfg.keepalives(true);
     cfg.keepalives_idle(Duration::from_secs(30));
-    let (tls, verifies) = tls_config(mode, &roots)?;
+    let (tls, verifies) = tls_config(mode, &roots, identity)?;
     Ok(PgTarget {
         config: cfg,
         ssl_mode: mode,
@@ -238,15 +256,26 @@ pub fn pg_config(
     })
 }
 
-/// Takes `sslmode` and `sslrootcert` out of a connection string (tokio-postgres does not know
-/// the verifying modes nor `sslrootcert`); returns the rest for tokio-postgres to parse.
-fn split_ssl_params(url: &str) -> Result<(String, Option<SslMode>, Option<String>), String> {
-    let mut mode = None;
-    let mut rootcert = None;
+/// The TLS parameters of a connection string that tokio-postgres does not handle itself.
+#[derive(Debug, Default, PartialEq)]
+struct SslParams {
+    mode: Option<SslMode>,
+    rootcert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// Takes `sslmode`, `sslrootcert`, `sslcert` and `sslkey` out of a connection string
+/// (tokio-postgres knows neither the verifying modes nor certificate files); returns the rest
+/// for tokio-postgres to parse.
+fn split_ssl_params(url: &str) -> Result<(String, SslParams), String> {
+    let mut p = SslParams::default();
     let mut take = |key: &str, value: String| -> Result<bool, String> {
         match key {
-            "sslmode" => mode = Some(SslMode::parse(&value)?),
-            "sslrootcert" => rootcert = Some(value),
+            "sslmode" => p.mode = Some(SslMode::parse(&value)?),
+            "sslrootcert" => p.rootcert = Some(value),
+            "sslcert" => p.cert = Some(value),
+            "sslkey" => p.key = Some(value),
             _ => return Ok(false),
         }
         Ok(true)
@@ -256,7 +285,7 @@ fn split_ssl_params(url: &str) -> Result<(String, Option<SslMode>, Option<String
         // the next '?'.
         let after_creds = url.find('@').map_or(0, |i| i + 1);
         let Some(q) = url[after_creds..].find('?').map(|i| i + after_creds) else {
-            return Ok((url.to_string(), None, None));
+            return Ok((url.to_string(), p));
         };
         let mut kept = Vec::new();
         for pair in url[q + 1..].split('&').filter(|p| !p.is_empty()) {
@@ -270,7 +299,7 @@ fn split_ssl_params(url: &str) -> Result<(String, Option<SslMode>, Option<String
             rest.push('?');
             rest.push_str(&kept.join("&"));
         }
-        Ok((rest, mode, rootcert))
+        Ok((rest, p))
     } else {
         // key=value form: keyword, '=', a value that is 'quoted' or ends at whitespace, with
         // backslash escapes in both.
@@ -315,7 +344,7 @@ fn split_ssl_params(url: &str) -> Result<(String, Option<SslMode>, Option<String
                 rest.push(' ');
             }
         }
-        Ok((rest.trim_end().to_string(), mode, rootcert))
+        Ok((rest.trim_end().to_string(), p))
     }
 }
 
@@ -382,7 +411,33 @@ fn load_roots(roots: &RootCerts) -> Result<RootCertStore, String> {
 /// The rustls configuration for a mode, and whether it verifies the server. As in libpq:
 /// `prefer`/`require` encrypt without checking the certificate unless a CA is given (then the
 /// chain is checked), `verify-ca` checks the chain, `verify-full` the chain and the host name.
-fn tls_config(mode: SslMode, roots: &RootCerts) -> Result<(ClientConfig, bool), String> {
+/// A client certificate (`sslcert`, PEM, with its chain) and its private key (`sslkey`, PEM:
+/// PKCS#8, PKCS#1 or SEC1), for servers that authenticate clients by certificate.
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn load_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
+    let what = format!("client certificate file {} (sslcert)", cert.display());
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {what}: {e}"))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{what} holds no PEM certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "cannot read a PEM private key from {} (sslkey): {e}",
+            key.display()
+        )
+    })?;
+    Ok((certs, key))
+}
+
+fn tls_config(
+    mode: SslMode,
+    roots: &RootCerts,
+    identity: Option<Identity>,
+) -> Result<(ClientConfig, bool), String> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -409,12 +464,14 @@ fn tls_config(mode: SslMode, roots: &RootCerts) -> Result<(ClientConfig, bool), 
             (mode, roots),
             (SslMode::Prefer | SslMode::Require, RootCerts::Unset)
         );
-    Ok((
-        builder
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
-        verifies,
-    ))
+    let builder = builder.with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("client certificate and key (sslcert, sslkey): {e}"))?,
+    };
+    Ok((config, verifies))
 }
 
 /// `sslmode=prefer|require` without a CA: encrypted, server not authenticated (handshake
@@ -760,20 +817,26 @@ mod tests {
     #[test]
     #[allow(clippy::unwrap_used)]
     fn ssl_params_are_taken_out_of_urls() {
-        let (rest, mode, root) = split_ssl_params(
-            "postgres://u:p%3F@db:5432/x?application_name=a&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        let (rest, p) = split_ssl_params(
+            "postgres://u:p%3F@db:5432/x?application_name=a&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem\
+             &sslcert=%2Fetc%2Fc.crt&sslkey=%2Fetc%2Fc.key",
         )
         .unwrap();
         assert_eq!(rest, "postgres://u:p%3F@db:5432/x?application_name=a");
-        assert_eq!(mode, Some(SslMode::VerifyFull));
-        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
-        let (rest, mode, root) = split_ssl_params("postgresql://db/x?sslmode=require").unwrap();
+        assert_eq!(p.mode, Some(SslMode::VerifyFull));
+        assert_eq!(p.rootcert.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(p.cert.as_deref(), Some("/etc/c.crt"));
+        assert_eq!(p.key.as_deref(), Some("/etc/c.key"));
+        let (rest, p) = split_ssl_params("postgresql://db/x?sslmode=require").unwrap();
         assert_eq!(
-            (rest.as_str(), mode, root),
+            (rest.as_str(), p.mode, p.rootcert),
             ("postgresql://db/x", Some(SslMode::Require), None)
         );
-        let (rest, mode, _) = split_ssl_params("postgres://db/x").unwrap();
-        assert_eq!((rest.as_str(), mode), ("postgres://db/x", None));
+        let (rest, p) = split_ssl_params("postgres://db/x").unwrap();
+        assert_eq!(
+            (rest.as_str(), p),
+            ("postgres://db/x", SslParams::default())
+        );
         assert!(split_ssl_params("postgres://db/x?sslmode=bogus").is_err());
         assert!(split_ssl_params("postgres://db/x?sslmode=allow").is_err());
     }
@@ -781,13 +844,13 @@ mod tests {
     #[test]
     #[allow(clippy::unwrap_used)]
     fn ssl_params_are_taken_out_of_key_value_strings() {
-        let (rest, mode, root) = split_ssl_params(
+        let (rest, p) = split_ssl_params(
             "host=db  sslmode = verify-ca password='a b\\'c' sslrootcert='/my certs/ca.pem' user=u",
         )
         .unwrap();
         assert_eq!(rest, "host=db password='a b\\'c' user=u");
-        assert_eq!(mode, Some(SslMode::VerifyCa));
-        assert_eq!(root.as_deref(), Some("/my certs/ca.pem"));
+        assert_eq!(p.mode, Some(SslMode::VerifyCa));
+        assert_eq!(p.rootcert.as_deref(), Some("/my certs/ca.pem"));
         let cfg: tokio_postgres::Config = rest.parse().unwrap();
         assert_eq!(cfg.get_password(), Some(&b"a b'c"[..]));
         assert!(split_ssl_params("host=db sslmode").is_err());
@@ -846,6 +909,23 @@ mod tests {
             .contains("cannot read database CA file"));
         let unix = pg_config("host=/run/postgresql sslmode=require", None, "app");
         assert!(unix.err().unwrap().contains("Unix sockets"));
+
+        // A client certificate needs its key, and both must be readable PEM.
+        let half = format!("postgres://db/x?sslmode=require&sslcert={}", ca.display());
+        assert!(pg_config(&half, None, "app")
+            .err()
+            .unwrap()
+            .contains("go together"));
+        let key_file = dir.path().join("client.key");
+        std::fs::write(&key_file, "not a key").unwrap();
+        let with_key = format!("{half}&sslkey={}", key_file.display());
+        let err = pg_config(&with_key, None, "app").err().unwrap();
+        assert!(
+            err.contains("PEM private key") && err.contains("(sslkey)"),
+            "{err}"
+        );
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        assert!(pg_config(&with_key, None, "app").is_ok());
     }
 
     #[test]

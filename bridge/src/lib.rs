@@ -82,6 +82,12 @@ impl AppState {
         if bridge_id.is_empty() || bridge_id.contains('/') || bridge_id.len() > 64 {
             return Err("--bridge-id must be 1 to 64 characters without '/'".into());
         }
+        if cfg.write_lanes == 0 || cfg.write_lanes >= cfg.pool_size {
+            return Err(format!(
+                "--write-lanes must be at least 1 and less than --pool-size ({}), got {}",
+                cfg.pool_size, cfg.write_lanes
+            ));
+        }
         let ca_file = cfg.database_ca_file.as_deref();
         let pool = db::pool(
             db::pg_config(
@@ -108,6 +114,8 @@ impl AppState {
         ));
         let batcher = Batcher::new(
             pool.clone(),
+            cfg.write_lanes,
+            cfg.write_cache_documents,
             metrics.clone(),
             lag.clone(),
             &bridge_id,
@@ -229,8 +237,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let grace = cfg.shutdown_grace();
     let listen = cfg.listen;
     let state = AppState::new(cfg)?;
-    // A TLS setup that cannot work (untrusted certificate, no TLS on the server) stops here.
-    state.listener_pg.check_tls().await?;
+    // A setup that cannot work (untrusted certificate, no TLS on the server, a refused login)
+    // stops here.
+    state.listener_pg.check_at_startup().await?;
     if state.auth.is_dev() {
         tracing::warn!("development mode: fixed token secret, POST /api/dev/login enabled");
     }

@@ -1,6 +1,7 @@
 //! TLS from the bridge to PostgreSQL: with `sslmode=verify-full` and the test CA both the pooled
 //! connections and the LISTEN connection are encrypted; `require` encrypts without a CA; a CA
-//! that did not sign the server's certificate stops the bridge at startup with a clear message.
+//! that did not sign the server's certificate stops the bridge at startup with a clear message;
+//! a client certificate (`sslcert`/`sslkey`) logs in where the server requires one.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -200,4 +201,66 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
     .unwrap();
     b.wait_healthy().await;
     assert_encrypted(&pg, "tls-ca").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_the_bridge_in_where_the_server_requires_one() {
+    let pg = Pg::start();
+    let certs = TestCerts::generate("pg_collab test CA");
+    pg.enable_ssl(&certs.server_cert_pem, &certs.server_key_pem);
+    pg.require_client_cert(&certs.ca_pem);
+    let files = tempfile::tempdir().unwrap();
+    let path = |name: &str, pem: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (ca, cert, key) = (
+        path("ca.crt", &certs.ca_pem),
+        path("client.crt", &certs.client_cert_pem),
+        path("client.key", &certs.client_key_pem),
+    );
+    let base = format!(
+        "postgres://{CLIENT_USER}@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+        pg.port
+    );
+
+    // Without a certificate the server turns the bridge away, and it says why at startup.
+    let err = Bridge::spawn_with_url(&base, "no-cert", &[])
+        .await
+        .err()
+        .expect("no client certificate: no connection");
+    assert!(
+        err.contains("refused the bridge's login") && err.contains("valid client certificate"),
+        "unclear error: {err}"
+    );
+
+    // With it: logged in as the certificate's user, pool and listener both, and it works.
+    let mut b = Bridge::spawn_with_url(&format!("{base}&sslcert={cert}&sslkey={key}"), "cert", &[])
+        .await
+        .unwrap();
+    b.wait_healthy().await;
+    let t = writer_token();
+    let c1 = YClient::connect(&b.ws_url("cert-doc"), Some(&t)).await;
+    let c2 = YClient::connect(&b.ws_url("cert-doc"), Some(&t)).await;
+    c1.wait_synced().await;
+    c2.wait_synced().await;
+    c1.insert(0, "signed in by certificate");
+    c2.wait_text("signed in by certificate").await;
+    assert_eq!(pg.text("cert-doc").await, "signed in by certificate");
+    assert_encrypted(&pg, "cert").await;
+    let users: Vec<String> = pg
+        .client()
+        .await
+        .query(
+            "SELECT DISTINCT usename::text FROM pg_stat_activity \
+             WHERE application_name LIKE 'collab-bridge% cert'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, vec![CLIENT_USER.to_string()]);
 }

@@ -741,12 +741,18 @@ pub fn text_update(s: &str) -> Vec<u8> {
 }
 
 /// Certificates for TLS tests: a CA (PEM) and a server certificate it signed, valid for
-/// `127.0.0.1` and `localhost`, with the server's private key (PEM).
+/// `127.0.0.1` and `localhost`, with the server's private key (PEM); and a client certificate
+/// it signed for the database user [`CLIENT_USER`], with its key.
 pub struct TestCerts {
     pub ca_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
+
+/// The database user the test client certificate is for (its common name).
+pub const CLIENT_USER: &str = "collab_bridge";
 
 impl TestCerts {
     pub fn generate(ca_name: &str) -> TestCerts {
@@ -772,10 +778,18 @@ impl TestCerts {
             .distinguished_name
             .push(DnType::CommonName, names[0].as_str());
         let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, CLIENT_USER);
+        let client_cert = client.signed_by(&client_key, &issuer).unwrap();
         TestCerts {
             ca_pem: ca_cert.pem(),
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
         }
     }
 }
@@ -837,6 +851,64 @@ impl Pg {
                 "TLS never came up: {}",
                 self.log()
             );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Makes [`CLIENT_USER`] (a superuser) log in over TCP only with TLS and a client
+    /// certificate signed by `ca_pem` (pg_hba `cert`); other users are unaffected.
+    pub fn require_client_cert(&self, ca_pem: &str) {
+        let ca = self.dir.path().join("client-ca.crt");
+        std::fs::write(&ca, ca_pem).unwrap();
+        if self.as_postgres {
+            run(Command::new("chown").arg("postgres").arg(&ca));
+        }
+        let port = self.port.to_string();
+        let psql = || {
+            let mut c = Command::new("psql");
+            c.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-X",
+                "-q",
+                "-At",
+            ]);
+            c
+        };
+        let hba = run(psql().args(["-c", "SHOW hba_file"])).trim().to_string();
+        let old = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!(
+                "hostssl all {CLIENT_USER} 127.0.0.1/32 cert\n\
+                 host all {CLIENT_USER} 127.0.0.1/32 reject\n{old}"
+            ),
+        )
+        .unwrap();
+        run(psql()
+            .arg("-c")
+            .arg(format!("CREATE ROLE {CLIENT_USER} LOGIN SUPERUSER"))
+            .arg("-c")
+            .arg(format!("ALTER SYSTEM SET ssl_ca_file = '{}'", ca.display()))
+            .args(["-c", "SELECT pg_reload_conf()"]));
+        // The reload is asynchronous: wait until the user can no longer log in without TLS.
+        let conninfo = format!(
+            "host=127.0.0.1 port={port} user={CLIENT_USER} dbname=postgres sslmode=disable"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Command::new("psql")
+            .args([&conninfo, "-X", "-q", "-c", "SELECT 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "pg_hba never reloaded");
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -33,35 +33,25 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-is_root && chown postgres "$dir"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-machine() { echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg)"; }
 say "machine: $(machine)"
 
-pgport="$(port)"
-as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -w -l "$dir/log" \
-    -o "-p $pgport -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+pgport="$(free_port)"
+start_throwaway_cluster "$dir" "$pgport"
 psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pgport" -U postgres)
-"${psql[@]}" -c "CREATE EXTENSION pg_collab"
 url="postgres://postgres@127.0.0.1:$pgport/postgres"
 postmaster="$(head -1 "$dir/data/postmaster.pid")"
 say "cluster: $("${psql[@]}" -Atc "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings
     WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', 'shared_buffers', 'max_connections')")"
 
 secret="bench-secret-bench-secret-bench-secret"
-token="$(node -e '
-const c = require("crypto"); const b = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-const h = b({alg: "HS256", typ: "JWT"}), p = b({sub: "bench", docs: {"*": "write"}, exp: Math.floor(Date.now()/1000) + 3600});
-console.log(h + "." + p + "." + c.createHmac("sha256", process.argv[1]).update(h + "." + p).digest("base64url"));
-' "$secret")"
+token="$(write_all_token "$secret")"
 
-bport="$(port)"
+bport="$(free_port)"
 "$CARGO_TARGET_DIR/release/collab-bridge" --listen "127.0.0.1:$bport" --database-url "$url" \
     --jwt-secret "$secret" --allow-query-token --log warn >/dev/null &
 bridge=$!
 pids+=("$bridge")
-rport="$(port)"
+rport="$(free_port)"
 HOST=127.0.0.1 PORT="$rport" node tests/js/node_modules/y-websocket/bin/server.js >/dev/null &
 reference=$!
 pids+=("$reference")

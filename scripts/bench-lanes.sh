@@ -12,26 +12,17 @@ rounds="${1:-2}"
 counts="${2:-2 8 1 3}"
 "$ROOT/scripts/setup.sh" >/dev/null
 cargo build --release -p collab-bridge -p collab-bench --bins --quiet
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 secret="bench-secret-bench-secret-bench-secret"
-token="$(node -e '
-const c = require("crypto"); const b = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-const h = b({alg: "HS256", typ: "JWT"}), p = b({sub: "bench", docs: {"*": "write"}, exp: Math.floor(Date.now()/1000) + 3600});
-console.log(h + "." + p + "." + c.createHmac("sha256", process.argv[1]).update(h + "." + p).digest("base64url"));
-' "$secret")"
+token="$(write_all_token "$secret")"
 
 one() { # lanes
     local dir pgport url bport bridge postmaster load d m r
     dir="$(mktemp -d /tmp/pg_collab-lanes.XXXXXX)"
-    is_root && chown postgres "$dir"
-    pgport="$(port)"
-    as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -w -l "$dir/log" \
-        -o "-p $pgport -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
-    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pgport" -U postgres -c "CREATE EXTENSION pg_collab"
+    pgport="$(free_port)"
+    start_throwaway_cluster "$dir" "$pgport"
     url="postgres://postgres@127.0.0.1:$pgport/postgres"
     postmaster="$(head -1 "$dir/data/postmaster.pid")"
-    bport="$(port)"
+    bport="$(free_port)"
     "$CARGO_TARGET_DIR/release/collab-bridge" --listen "127.0.0.1:$bport" --database-url "$url" \
         --jwt-secret "$secret" --allow-query-token --log warn --write-lanes "$1" >/dev/null &
     bridge=$!
@@ -52,7 +43,7 @@ one() { # lanes
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$dir"
 }
-say "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+say "machine: $(machine)"
 for _ in $(seq "$rounds"); do
     for l in $counts; do one "$l"; done
 done

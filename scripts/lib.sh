@@ -21,3 +21,30 @@ as_pg() {
 pgrx_version() {
     awk '/^name = "pgrx"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock"
 }
+
+# For the benchmark scripts --------------------------------------------------------------------
+
+# A free TCP port on loopback.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The CPU and its load, for the record.
+machine() { echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg)"; }
+
+# A throwaway cluster with default settings in DIR/data, on loopback PORT, with pg_collab
+# created. Stop it with: as_pg "$PG_BIN/pg_ctl" -D DIR/data -m immediate stop
+start_throwaway_cluster() { # dir port
+    is_root && chown postgres "$1"
+    as_pg "$PG_BIN/initdb" -D "$1/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$1/data" -w -l "$1/log" \
+        -o "-p $2 -k $1 -c listen_addresses=127.0.0.1" start >/dev/null
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$2" -U postgres -c "CREATE EXTENSION pg_collab"
+}
+
+# An HS256 token signed with SECRET granting write on every document for an hour.
+write_all_token() { # secret
+    node -e '
+const c = require("crypto"); const b = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+const h = b({alg: "HS256", typ: "JWT"}), p = b({sub: "bench", docs: {"*": "write"}, exp: Math.floor(Date.now()/1000) + 3600});
+console.log(h + "." + p + "." + c.createHmac("sha256", process.argv[1]).update(h + "." + p).digest("base64url"));
+' "$1"
+}

@@ -235,10 +235,7 @@ async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBa
     };
     match result {
         Ok(lasts) => {
-            let m = &inner.metrics;
-            m.commit_seconds.observe_duration(started.elapsed());
-            m.txn_documents.observe(group.len() as f64);
-            let finished = Instant::now();
+            let finished = note_transaction(inner, group.len(), started);
             for (b, last) in group.into_iter().zip(lasts) {
                 let Some(last) = last else {
                     let e = Error::Internal("stored, but its sequence was not returned".into());
@@ -247,15 +244,7 @@ async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBa
                     }
                     continue;
                 };
-                m.batch_size.observe(b.items.len() as f64);
-                m.updates_in.fetch_add(b.items.len() as u64, Relaxed);
-                inner
-                    .lag
-                    .committed(&b.doc, last, started, finished, &inner.metrics);
-                let first = last - b.items.len() as i64 + 1;
-                for (i, item) in b.items.into_iter().enumerate() {
-                    let _ = item.done.send(Ok(first + i as i64));
-                }
+                stored(inner, &b.doc, b.items, last, started, finished);
             }
         }
         Err(e @ Error::Unavailable(_)) => {
@@ -292,18 +281,8 @@ async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, known:
     };
     match alone {
         Ok(last) => {
-            let m = &inner.metrics;
-            m.commit_seconds.observe_duration(started.elapsed());
-            m.txn_documents.observe(1.0);
-            m.batch_size.observe(b.items.len() as f64);
-            m.updates_in.fetch_add(b.items.len() as u64, Relaxed);
-            inner
-                .lag
-                .committed(&b.doc, last, started, Instant::now(), &inner.metrics);
-            let first = last - b.items.len() as i64 + 1;
-            for (i, item) in b.items.into_iter().enumerate() {
-                let _ = item.done.send(Ok(first + i as i64));
-            }
+            let finished = note_transaction(inner, 1, started);
+            stored(inner, &b.doc, b.items, last, started, finished);
         }
         Err(e) if e.is_client_data() && b.items.len() > 1 => {
             tracing::debug!(
@@ -312,15 +291,21 @@ async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, known:
                 b.items.len()
             );
             for item in b.items {
-                let single = DocBatch {
-                    doc: b.doc.clone(),
-                    origin: item.origin.clone(),
-                    items: Vec::new(),
-                };
                 let started = Instant::now();
-                let r = apply(inner, conn, &single.doc, &[&item.update], &single.origin).await;
-                note_single(inner, &single.doc, &r, started);
-                let _ = item.done.send(r);
+                match apply(inner, conn, &b.doc, &[&item.update], &item.origin).await {
+                    Ok(last) => {
+                        let finished = note_transaction(inner, 1, started);
+                        stored(inner, &b.doc, vec![item], last, started, finished);
+                    }
+                    Err(e) => {
+                        if e.is_client_data() {
+                            inner.metrics.updates_rejected.fetch_add(1, Relaxed);
+                        } else {
+                            tracing::warn!(doc = b.doc, "write failed: {e}");
+                        }
+                        let _ = item.done.send(Err(e));
+                    }
+                }
             }
         }
         Err(e) => {
@@ -337,22 +322,31 @@ async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, known:
     }
 }
 
-fn note_single(inner: &Inner, doc: &str, r: &Result<i64>, started: Instant) {
+/// Records a committed transaction of `docs` documents; returns when it was seen to end.
+fn note_transaction(inner: &Inner, docs: usize, started: Instant) -> Instant {
     let m = &inner.metrics;
-    match r {
-        Ok(last) => {
-            m.commit_seconds.observe_duration(started.elapsed());
-            m.txn_documents.observe(1.0);
-            m.batch_size.observe(1.0);
-            m.updates_in.fetch_add(1, Relaxed);
-            inner
-                .lag
-                .committed(doc, *last, started, Instant::now(), &inner.metrics);
-        }
-        Err(e) if e.is_client_data() => {
-            m.updates_rejected.fetch_add(1, Relaxed);
-        }
-        Err(e) => tracing::warn!(doc, "write failed: {e}"),
+    m.commit_seconds.observe_duration(started.elapsed());
+    m.txn_documents.observe(docs as f64);
+    Instant::now()
+}
+
+/// `items` of `doc` were stored ending at sequence `last`: counted, their commit noted for the
+/// notification lag, and each writer told its sequence.
+fn stored(
+    inner: &Inner,
+    doc: &str,
+    items: Vec<Item>,
+    last: i64,
+    started: Instant,
+    finished: Instant,
+) {
+    let m = &inner.metrics;
+    m.batch_size.observe(items.len() as f64);
+    m.updates_in.fetch_add(items.len() as u64, Relaxed);
+    inner.lag.committed(doc, last, started, finished, m);
+    let first = last - items.len() as i64 + 1;
+    for (i, item) in items.into_iter().enumerate() {
+        let _ = item.done.send(Ok(first + i as i64));
     }
 }
 

@@ -612,16 +612,6 @@ pub(crate) async fn client_retrying(pool: &Pool) -> Result<deadpool_postgres::Ob
     }
 }
 
-/// Appends a batch with one `collab.apply_updates` call; returns the last sequence assigned.
-pub async fn apply_updates(pool: &Pool, doc: &str, updates: &[&[u8]], origin: &str) -> Result<i64> {
-    let c = client_retrying(pool).await?;
-    let st = c
-        .prepare_cached("SELECT collab.apply_updates($1, $2::bytea[], $3)")
-        .await?;
-    let row = c.query_one(&st, &[&doc, &updates, &origin]).await?;
-    Ok(row.try_get(0)?)
-}
-
 pub async fn head_seq(pool: &Pool, doc: &str) -> Result<i64> {
     let c = client(pool).await?;
     let st = c

@@ -4,8 +4,14 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pg_collab/target}"
 PG_MAJOR=15
-PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
-PG_CONFIG="$PG_BIN/pg_config"
+# The PostgreSQL installation to build against, install into and test with. Default: Debian's.
+# Another (e.g. a relocated copy, so that two checkouts can each install their own build of the
+# extension) is chosen by COLLAB_PG_CONFIG; the Rust tests read the same variable.
+PG_CONFIG="${COLLAB_PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}"
+export COLLAB_PG_CONFIG="$PG_CONFIG"
+PG_BIN="$("$PG_CONFIG" --bindir 2>/dev/null || echo "/usr/lib/postgresql/$PG_MAJOR/bin")"
+# pgrx keeps its configuration (which pg_config is pg15) in PGRX_HOME (default ~/.pgrx).
+PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

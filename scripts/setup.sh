@@ -34,7 +34,7 @@ else
     say "cargo-pgrx $want present"
 fi
 
-if ! grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "$HOME/.pgrx/config.toml"; then
+if ! grep -qs "^pg$PG_MAJOR = \"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
     say "pointing pgrx at the system PostgreSQL $PG_MAJOR ($PG_CONFIG)"
     cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG" >/dev/null
 fi

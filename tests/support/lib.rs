@@ -11,7 +11,22 @@ use tokio_postgres::{Client, NoTls};
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, Transact};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The PostgreSQL installation the tests run: `COLLAB_PG_CONFIG` (as in scripts/lib.sh), else
+/// Debian's PostgreSQL 15.
+pub fn pg_config() -> String {
+    std::env::var("COLLAB_PG_CONFIG")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".to_string())
+}
+
+/// Directory of that installation's programs (initdb, pg_ctl, psql).
+pub fn pg_bin() -> String {
+    let out = Command::new(pg_config())
+        .arg("--bindir")
+        .output()
+        .expect("pg_config runs");
+    assert!(out.status.success(), "pg_config --bindir failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 
 fn is_root() -> bool {
     Command::new("id")
@@ -23,7 +38,7 @@ fn is_root() -> bool {
 
 /// Runs a PostgreSQL tool as the cluster owner (`postgres` when we are root: initdb refuses root).
 fn pg_command(tool: &str) -> Command {
-    let path = format!("{PG_BIN}/{tool}");
+    let path = format!("{}/{tool}", pg_bin());
     if is_root() {
         let mut c = Command::new("sudo");
         c.args(["-u", "postgres", "--", &path]);
@@ -87,7 +102,7 @@ impl Cluster {
             .expect("pg_ctl runs");
         assert!(status.success(), "pg_ctl start failed");
         let cluster = Cluster { dir, port };
-        let out = Command::new(format!("{PG_BIN}/psql"))
+        let out = Command::new(format!("{}/psql", pg_bin()))
             .args([
                 "-X",
                 "-h",

@@ -75,7 +75,10 @@ impl Pg {
     }
 
     pub fn start() -> Pg {
-        let bindir = PathBuf::from(run(Command::new("pg_config").arg("--bindir")).trim());
+        // COLLAB_PG_CONFIG picks the installation, as in scripts/lib.sh.
+        let pg_config = std::env::var("COLLAB_PG_CONFIG")
+            .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
+        let bindir = PathBuf::from(run(Command::new(pg_config).arg("--bindir")).trim());
         let dir = tempfile::Builder::new()
             .prefix("bridge-pg.")
             .tempdir()
@@ -122,7 +125,7 @@ impl Pg {
             last_err = String::from_utf8_lossy(&out.stderr).into_owned();
         }
         assert!(pg.port != 0, "PostgreSQL did not start: {last_err}");
-        run(Command::new("psql")
+        run(Command::new(pg.bindir.join("psql"))
             .args([
                 "-h",
                 "127.0.0.1",

@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
 use crate::db;
 use crate::error::{Error, Result};
-use crate::listener::Backoff;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Incoming};
 use yrs::sync::awareness::AwarenessUpdate;

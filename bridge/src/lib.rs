@@ -3,6 +3,7 @@
 //! everything clients receive comes from notifications on channel `collab`.
 
 pub mod auth;
+pub mod backoff;
 pub mod batch;
 pub mod config;
 pub mod db;
@@ -11,6 +12,7 @@ pub mod fanout;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod ws;
 

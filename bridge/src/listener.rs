@@ -5,115 +5,19 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use futures_util::StreamExt;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Notification};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::fanout::{Hub, RoomEvent};
 use crate::metrics::{LagTracker, Metrics};
+use crate::notify::parse;
 
 pub const CHANNEL: &str = "collab";
 const PING_EVERY: Duration = Duration::from_secs(15);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Exponential backoff with full jitter between `base` and `max`.
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        // Between half and all of the ceiling: spreads bridges that lost the database together.
-        ceiling.mul_f64(0.5 + rand::random::<f64>() * 0.5)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum Payload {
-    Update {
-        doc: String,
-        seq_from: i64,
-        seq_to: i64,
-        #[serde(default)]
-        origin: Option<String>,
-        #[serde(default)]
-        update: Option<String>,
-    },
-    Broadcast {
-        doc: String,
-        #[serde(default)]
-        origin: Option<String>,
-        payload: String,
-    },
-    Deleted {
-        doc: String,
-    },
-}
-
-fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s).ok()
-}
-
-/// Turns a notification payload into a document name and room event.
-fn parse(payload: &str) -> Option<(String, RoomEvent)> {
-    match serde_json::from_str::<Payload>(payload) {
-        Ok(Payload::Update {
-            doc,
-            seq_from,
-            seq_to,
-            origin,
-            update,
-        }) => Some((
-            doc,
-            RoomEvent::Update {
-                seq_from,
-                seq_to,
-                origin,
-                // An undecodable inline update is fetched instead.
-                update: update.as_deref().and_then(b64),
-            },
-        )),
-        Ok(Payload::Broadcast {
-            doc,
-            origin,
-            payload,
-        }) => Some((
-            doc,
-            RoomEvent::Broadcast {
-                origin,
-                payload: b64(&payload)?,
-            },
-        )),
-        Ok(Payload::Deleted { doc }) => Some((doc, RoomEvent::Deleted)),
-        Err(e) => {
-            tracing::debug!("ignoring notification {payload:?}: {e}");
-            None
-        }
-    }
-}
 
 pub struct Listener {
     /// Connection settings and TLS policy (shared with the pool).
@@ -260,53 +164,5 @@ async fn driver_result(driver: tokio::task::JoinHandle<Result<(), String>>) -> O
     match driver.await {
         Ok(Err(e)) => Some(e),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_three_payloads() {
-        let (doc, ev) = parse(
-            r#"{"type":"update","doc":"d","seq_from":3,"seq_to":4,"origin":null,"update":"AQID"}"#,
-        )
-        .expect("update");
-        assert_eq!(doc, "d");
-        match ev {
-            RoomEvent::Update {
-                seq_from: 3,
-                seq_to: 4,
-                origin: None,
-                update: Some(u),
-            } => assert_eq!(u, vec![1, 2, 3]),
-            other => panic!("{other:?}"),
-        }
-        let (_, ev) =
-            parse(r#"{"type":"update","doc":"d","seq_from":1,"seq_to":9,"origin":"b/1"}"#)
-                .expect("update without inline");
-        assert!(matches!(ev, RoomEvent::Update { update: None, .. }));
-        let (_, ev) = parse(r#"{"type":"broadcast","doc":"d","origin":"x","payload":"AQ=="}"#)
-            .expect("broadcast");
-        assert!(matches!(ev, RoomEvent::Broadcast { .. }));
-        assert!(matches!(
-            parse(r#"{"type":"deleted","doc":"d"}"#),
-            Some((_, RoomEvent::Deleted))
-        ));
-        assert!(parse("not json").is_none());
-        assert!(parse(r#"{"type":"other"}"#).is_none());
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..20 {
-            assert!(b.next_delay() <= Duration::from_secs(1));
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -1,5 +1,10 @@
--- pg_collab schema: documents, their append-only update log, checkpoints, and the NOTIFY
--- trigger. Functions are generated from Rust (extension/src/api) and documented in comments.sql.
+-- pg_collab schema: documents, their append-only update log, checkpoints, per-document access
+-- rules, the notification keys, and the triggers. Functions are generated from Rust
+-- (extension/src/api); finalize.sql documents them and sets every privilege.
+--
+-- Every table belongs to the extension's owner and is granted to nobody: applications go
+-- through the functions (see the README's "Security"). The trigger functions run with a fixed
+-- search_path and schema-qualify everything.
 
 CREATE TABLE documents (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -13,7 +18,8 @@ CREATE TABLE documents (
     tail_bytes     bigint NOT NULL DEFAULT 0,
     state_bytes    bigint NOT NULL DEFAULT 0,
     created_at     timestamptz NOT NULL DEFAULT now(),
-    updated_at     timestamptz NOT NULL DEFAULT now()
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    deleted_at     timestamptz
 ) WITH (fillfactor = 50);  -- every write updates its row: leave room for HOT updates
 
 -- No foreign key to documents: writers hold the document row lock and the per-row RI trigger
@@ -44,16 +50,52 @@ COMMENT ON TABLE updates IS
   'history until collab.prune() drops it.';
 COMMENT ON TABLE checkpoints IS
   'Merged document state as of a sequence (Yjs v1 update); reads start from the newest one.';
+-- Who may do what with which documents, beyond the collab_reader / collab_writer /
+-- collab_admin roles (which cover every document). A role's right on a document is the highest
+-- level of the rules for the roles it has the privileges of whose pattern matches the name.
+CREATE TABLE access_rules (
+    role       name NOT NULL,
+    pattern    text NOT NULL CHECK (pattern <> '' AND (pattern = '*' OR
+                                    position('*' IN left(pattern, -1)) = 0)),
+    level      text NOT NULL CHECK (level IN ('read', 'write', 'admin')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (role, pattern)
+);
+
+-- Keys that seal notifications (see notify.rs). Not dumped: a restored database makes its own
+-- at CREATE EXTENSION, and bridges fetch it.
+CREATE TABLE notification_keys (
+    id         int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key        bytea NOT NULL CHECK (octet_length(key) = 32),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE access_rules IS
+  'Per-document rights: role (and its members) may read/write/admin the documents whose name '
+  'matches pattern (''*'' every document, ''prefix*'' names starting with prefix, else the exact '
+  'name). Change it with collab.grant_access / collab.revoke_access.';
+COMMENT ON TABLE notification_keys IS
+  'XChaCha20-Poly1305 keys sealing the notifications on channel collab (newest in use). Readable '
+  'only by the owner and, through collab.notification_keys(), by collab_bridge.';
+COMMENT ON COLUMN documents.deleted_at IS
+  'Set when collab.delete_document deleted the document: its log is gone and the name stays '
+  'refused until collab.recreate_document.';
 COMMENT ON COLUMN documents.name IS 'Document name: the room name Yjs clients use (1-255 characters, no control characters).';
 COMMENT ON COLUMN updates.origin IS 'Free-form tag of the writer (e.g. a bridge connection), echoed in notifications.';
 
 -- plpgsql resolves the Rust functions it calls at run time, so they may be created later.
 CREATE FUNCTION _notify_updates() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    payload text;
 BEGIN
     -- The writer (collab.apply_update(s) or an SQL edit) left the batch's payload for us:
-    -- nothing is re-read or re-merged here, and no transition table is captured.
-    PERFORM pg_notify('collab', @extschema@._take_notification());
+    -- nothing is re-read or re-merged here, and no transition table is captured. NULL: rows
+    -- the owner inserted directly (a restore), which nobody needs to hear about.
+    payload := @extschema@._take_notification();
+    IF payload IS NOT NULL THEN
+        PERFORM pg_catalog.pg_notify('collab', payload);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -62,12 +104,13 @@ CREATE TRIGGER notify_updates
     AFTER INSERT ON updates
     FOR EACH STATEMENT EXECUTE FUNCTION _notify_updates();
 
+-- collab.delete_document keeps the row as a tombstone; this covers the owner deleting rows
+-- (collab.recreate_document, maintenance).
 CREATE FUNCTION _delete_document() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM @extschema@.updates WHERE doc_id = OLD.id;
     DELETE FROM @extschema@.checkpoints WHERE doc_id = OLD.id;
-    PERFORM pg_notify('collab', json_build_object('type', 'deleted', 'doc', OLD.name)::text);
     RETURN OLD;
 END
 $$;
@@ -76,11 +119,35 @@ CREATE TRIGGER delete_document
     AFTER DELETE ON documents
     FOR EACH ROW EXECUTE FUNCTION _delete_document();
 
+-- Every backend caches the rules and the key; a change tells them all at commit.
+CREATE FUNCTION _rules_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM @extschema@._invalidate(TG_RELID);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER rules_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON access_rules
+    FOR EACH STATEMENT EXECUTE FUNCTION _rules_changed();
+CREATE TRIGGER keys_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON notification_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION _rules_changed();
+
+-- pg_dump keeps the documents, their log and checkpoints, the rules and the id sequence.
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.documents', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.updates', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.checkpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.access_rules', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.documents_id_seq', '');
+
 COMMENT ON FUNCTION _notify_updates() IS
-  'Statement trigger on collab.updates: one NOTIFY on channel collab per batch, payload '
-  '{"type":"update","doc","seq_from","seq_to","origin","update"?} (update: base64, only when '
-  'the payload fits in 8000 bytes). Sent at commit only. Rows not written by the collab '
-  'functions are refused.';
+  'Statement trigger on collab.updates: one NOTIFY on channel collab per batch, sealed with the '
+  'notification key (see the README). Sent at commit only. Rows not written by the collab '
+  'functions are refused, except from the owner (a restore), which are not notified.';
 COMMENT ON FUNCTION _delete_document() IS
-  'Row trigger on collab.documents: removes the log and checkpoints of a deleted document and '
-  'notifies {"type":"deleted","doc"}.';
+  'Row trigger on collab.documents: removes the log and checkpoints of a deleted row.';
+COMMENT ON FUNCTION _rules_changed() IS
+  'Statement trigger on collab.access_rules and collab.notification_keys: every backend reloads '
+  'its cached rules and key after the change commits.';

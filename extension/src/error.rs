@@ -42,6 +42,18 @@ pub enum CollabError {
         "collab.updates is written only through collab.apply_update(s) and the edit functions"
     )]
     DirectWrite,
+    #[error("permission denied: role \"{role}\" may not {right} document \"{doc}\"")]
+    Denied {
+        role: String,
+        right: &'static str,
+        doc: String,
+    },
+    #[error("document \"{0}\" was deleted (collab.recreate_document brings the name back)")]
+    Deleted(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    UnknownRole(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,7 +77,11 @@ impl CollabError {
             CollabError::WrongType { .. } => ERRCODE_WRONG_OBJECT_TYPE,
             CollabError::Pruned { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CollabError::Corrupt { .. } => ERRCODE_DATA_CORRUPTED,
-            CollabError::DirectWrite => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            CollabError::DirectWrite | CollabError::Denied { .. } => {
+                ERRCODE_INSUFFICIENT_PRIVILEGE
+            }
+            CollabError::Deleted(_) | CollabError::UnknownRole(_) => ERRCODE_UNDEFINED_OBJECT,
+            CollabError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CollabError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

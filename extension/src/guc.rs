@@ -5,6 +5,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static MAX_UPDATE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(4 * 1024 * 1024);
 pub static COMPACT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
 pub static CACHE_DOCUMENTS: GucSetting<i32> = GucSetting::<i32>::new(32);
+/// The DBA's cap on `collab.cache_documents`, which any role may set (the bridge sizes it).
+pub static CACHE_DOCUMENTS_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
 pub fn register() {
     GucRegistry::define_int_guc(
@@ -38,6 +40,17 @@ so the work a cold read does stays bounded while the log itself is kept as histo
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"collab.cache_documents_limit",
+        c"Most decoded documents a backend keeps, whatever collab.cache_documents says.",
+        c"collab.cache_documents may be set by any role; this cap (superuser-settable) bounds \
+the memory it can make a backend use.",
+        &CACHE_DOCUMENTS_LIMIT,
+        0,
+        100_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
 pub fn max_update_bytes() -> usize {
@@ -49,5 +62,5 @@ pub fn compact_threshold() -> i64 {
 }
 
 pub fn cache_documents() -> usize {
-    CACHE_DOCUMENTS.get().max(0) as usize
+    CACHE_DOCUMENTS.get().min(CACHE_DOCUMENTS_LIMIT.get()).max(0) as usize
 }

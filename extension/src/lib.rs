@@ -2,7 +2,7 @@
 //!
 //! Layout: `api` holds the SQL surface (thin `#[pg_extern]` wrappers); `merge` the pure yrs
 //! logic; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
-//! `notify` the NOTIFY payloads; `guc` the settings; `error` the SQLSTATE mapping.
+//! `notify` the sealed NOTIFY payloads; `rights` who may do what, and running as the owner; `guc` the settings; `error` the SQLSTATE mapping.
 
 use pgrx::prelude::*;
 
@@ -12,6 +12,7 @@ mod error;
 mod guc;
 mod merge;
 mod notify;
+mod rights;
 mod storage;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -21,13 +22,14 @@ mod pg_tests;
 
 // Tables, the NOTIFY trigger and grants come first; the generated functions go after them.
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-// COMMENT ON needs the functions to exist, so it runs last.
-pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);
+// Comments, privileges and the first notification key need the functions, so they run last.
+pgrx::extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
     cache::register_callbacks();
+    rights::register_callbacks();
 }
 
 /// Required by `cargo pgrx test`.

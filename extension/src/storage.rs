@@ -44,7 +44,7 @@ macro_rules! select_row {
         concat!(
             $head,
             "id, head_seq, checkpoint_seq, tail_bytes, history_from, \
-             (extract(epoch FROM created_at) * 1000000)::int8 ",
+             (extract(epoch FROM created_at) * 1000000)::int8, deleted_at IS NOT NULL ",
             $tail
         )
     };
@@ -119,6 +119,10 @@ fn row_from(table: SpiTupleTable, name: &str) -> Result<Option<DocRow>> {
             .map_err(spi_err)?
             .ok_or_else(|| CollabError::Internal("NULL in collab.documents".into()))
     };
+    // A tombstone: deletion is final for every read and write (see `delete`).
+    if rows.get::<bool>(7).map_err(spi_err)?.unwrap_or(false) {
+        return Err(CollabError::Deleted(name.to_string()));
+    }
     Ok(Some(DocRow {
         id: get(1)?,
         name: name.to_string(),
@@ -449,12 +453,56 @@ pub fn prune(row: &mut DocRow, before: pgrx::datum::TimestampWithTimeZone) -> Re
     Ok(deleted)
 }
 
-/// Deletes a document with its log and checkpoints. Returns whether it existed.
+/// Deletes a document: its log and checkpoints go, its row stays as a tombstone (`deleted_at`)
+/// so that no write, read or stale client's resync brings the name back until
+/// `recreate_document`. Returns whether a live document was deleted.
 pub fn delete(name: &str) -> Result<bool> {
+    let gone = Spi::connect_mut(|client| {
+        let t = run(
+            client,
+            "UPDATE collab.documents SET deleted_at = now(), updated_at = now(), head_seq = 0, \
+             checkpoint_seq = 0, history_from = 0, update_count = 0, log_bytes = 0, \
+             tail_bytes = 0, state_bytes = 0 \
+             WHERE name = $1 AND deleted_at IS NULL RETURNING id",
+            &[TEXT],
+            &[name.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(false);
+        }
+        let id: i64 = t
+            .first()
+            .get(1)
+            .map_err(spi_err)?
+            .ok_or_else(|| CollabError::Internal("NULL id".into()))?;
+        run(
+            client,
+            "DELETE FROM collab.updates WHERE doc_id = $1",
+            &[INT8],
+            &[id.into()],
+        )?;
+        run(
+            client,
+            "DELETE FROM collab.checkpoints WHERE doc_id = $1",
+            &[INT8],
+            &[id.into()],
+        )?;
+        Ok(true)
+    })?;
+    if gone {
+        notify::send(&notify::deleted_payload(name)?)?;
+    }
+    Ok(gone)
+}
+
+/// Removes the tombstone of a deleted document, so that its next write creates it afresh
+/// (a new row id: nothing cached or notified about the old one applies). Returns whether
+/// there was a tombstone.
+pub fn recreate(name: &str) -> Result<bool> {
     Spi::connect_mut(|client| {
         let t = run(
             client,
-            "DELETE FROM collab.documents WHERE name = $1 RETURNING id",
+            "DELETE FROM collab.documents WHERE name = $1 AND deleted_at IS NOT NULL RETURNING id",
             &[TEXT],
             &[name.into()],
         )?;

@@ -2,7 +2,9 @@
 //! raise errors with their SQLSTATE. Each function is documented with `COMMENT ON` in
 //! `sql/comments.sql`.
 
+mod admin;
 mod history;
+mod info;
 mod read;
 mod write;
 
@@ -11,6 +13,7 @@ use yrs::Doc;
 use crate::cache;
 use crate::error::{required, CollabError, Result};
 use crate::merge;
+use crate::rights::{self, Right};
 use crate::storage;
 
 /// A non-NULL, valid document name.
@@ -35,9 +38,19 @@ fn still_sound(e: &CollabError) -> bool {
     )
 }
 
+/// Checks the caller's right on `name`, then runs `f` as the owner of the tables.
+fn guarded<T>(name: &str, right: Right, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    rights::require(name, right)?;
+    rights::as_owner(f)
+}
+
 /// Runs `f` on the current committed (or this transaction's) document. A document that was
 /// never written reads as empty, as a fresh Yjs room does.
 fn read<T>(name: &str, f: impl FnOnce(&Doc) -> Result<T>) -> Result<T> {
+    guarded(name, Right::Read, || read_unchecked(name, f))
+}
+
+fn read_unchecked<T>(name: &str, f: impl FnOnce(&Doc) -> Result<T>) -> Result<T> {
     let Some(row) = storage::find(name)? else {
         return f(&merge::new_doc());
     };
@@ -68,6 +81,14 @@ impl From<Vec<u8>> for Batch {
 /// Runs `f` on the locked (and, on first write, created) document; the batch it returns is
 /// appended and notified. Returns the document's head sequence afterwards.
 fn write(
+    name: &str,
+    origin: Option<&str>,
+    f: impl FnOnce(&Doc) -> Result<Option<Batch>>,
+) -> Result<i64> {
+    guarded(name, Right::Write, || write_unchecked(name, origin, f))
+}
+
+fn write_unchecked(
     name: &str,
     origin: Option<&str>,
     f: impl FnOnce(&Doc) -> Result<Option<Batch>>,

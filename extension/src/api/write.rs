@@ -2,8 +2,9 @@
 
 use pgrx::prelude::*;
 
-use super::{doc_name, field_name, write, Batch};
+use super::{doc_name, field_name, guarded, write, Batch};
 use crate::error::{required, CollabError, OrRaise, Result};
+use crate::rights::Right;
 use crate::{guc, merge, storage};
 
 /// Validates, integrates and appends a batch under one lock, one sequence range and one
@@ -33,6 +34,7 @@ fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64>
 
 /// Appends one Yjs v1 update to document `doc` (created on first write); returns its sequence.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn apply_update(
     doc: Option<&str>,
     update: Option<&[u8]>,
@@ -49,6 +51,7 @@ fn apply_update(
 /// Appends a batch of updates with one lock, one sequence range and one notification; returns
 /// the last sequence assigned (the first is that minus the batch length, plus one).
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn apply_updates(
     doc: Option<&str>,
     updates: Option<Array<&[u8]>>,
@@ -75,6 +78,7 @@ fn apply_updates(
 /// Inserts `value` at character `position` (0-based, counted like `length()`) of text field
 /// `field`. Returns the document's head sequence.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn insert_text(
     doc: Option<&str>,
     field: Option<&str>,
@@ -95,6 +99,7 @@ fn insert_text(
 
 /// Deletes `length` characters from character `position` of text field `field`.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn delete_text(
     doc: Option<&str>,
     field: Option<&str>,
@@ -118,6 +123,7 @@ fn delete_text(
 
 /// Makes text field `field` read `new_text`, writing only the difference.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn set_text(doc: Option<&str>, field: Option<&str>, new_text: Option<&str>) -> i64 {
     (|| {
         let name = doc_name(doc)?;
@@ -132,6 +138,11 @@ fn set_text(doc: Option<&str>, field: Option<&str>, new_text: Option<&str>) -> i
 
 /// Deletes a document, its log and its checkpoints. Returns whether it existed.
 #[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
 fn delete_document(doc: Option<&str>) -> bool {
-    (|| storage::delete(doc_name(doc)?))().or_raise()
+    (|| {
+        let name = doc_name(doc)?;
+        guarded(name, Right::Admin, || storage::delete(name))
+    })()
+    .or_raise()
 }

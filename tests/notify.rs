@@ -1,11 +1,11 @@
-//! LISTEN/NOTIFY as any program sees it: a tokio-postgres connection doing `LISTEN collab`
-//! gets one notification per committed batch, with the right sequence range, and nothing for
-//! a transaction that rolled back.
+//! LISTEN/NOTIFY as a program holding the notification key sees it: a tokio-postgres
+//! connection doing `LISTEN collab` gets one sealed notification per committed batch, with the
+//! right sequence range, and nothing for a transaction that rolled back.
 
 use std::time::Duration;
 
 use base64::Engine;
-use collab_tests::{Cluster, Peer};
+use collab_tests::{notification_keys, open_payload, Cluster, Peer};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -16,12 +16,13 @@ async fn listener(cluster: &Cluster) -> (tokio_postgres::Client, mpsc::Unbounded
         .await
         .expect("connects");
     let (tx, rx) = mpsc::unbounded_channel();
+    let keys = notification_keys(&cluster.connect().await).await;
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let AsyncMessage::Notification(n) = message {
                 assert_eq!(n.channel(), "collab");
-                let v: Value = serde_json::from_str(n.payload()).expect("payload is JSON");
+                let v = open_payload(&keys, n.payload()).expect("payload opens with the key");
                 let _ = tx.send(v);
             }
         }

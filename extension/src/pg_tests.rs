@@ -459,27 +459,63 @@ mod tests {
         apply("direct", &Peer::new(1).insert(0, "x"));
         let id: i64 = one("SELECT id FROM collab.documents WHERE name = 'direct'");
         let u = hex(&Peer::new(2).insert(0, "y"));
-        assert_eq!(
-            sqlstate(&format!(
-                "INSERT INTO collab.updates (doc_id, seq, update) VALUES ({id}, 2, '\\x{u}')"
-            )),
-            "42501"
-        );
+        let insert =
+            format!("INSERT INTO collab.updates (doc_id, seq, update) VALUES ({id}, 2, '\\x{u}')");
+        // Even a role a DBA granted INSERT on the log is refused: rows must come through the
+        // functions (or be the owner's, as in a restore).
+        Spi::run(
+            "CREATE ROLE intruder; GRANT USAGE ON SCHEMA collab TO intruder; \
+             GRANT INSERT ON collab.updates TO intruder; SET ROLE intruder",
+        )
+        .expect("role");
+        assert_eq!(sqlstate(&insert), "42501");
+        Spi::run("RESET ROLE").expect("reset");
         assert_eq!(count("SELECT count(*) FROM collab.updates"), 1);
         let through_the_function = format!("SELECT collab.apply_update('direct', '\\x{u}')");
         assert_eq!(one::<i64>(&through_the_function), 2);
     }
 
     #[pg_test]
-    fn delete_document_removes_log_and_checkpoints() {
+    fn the_owner_may_load_rows_directly_as_a_restore_does() {
+        let peer = Peer::new(1);
+        apply("restored", &peer.insert(0, "x"));
+        let id: i64 = one("SELECT id FROM collab.documents WHERE name = 'restored'");
+        let u = hex(&peer.insert(1, "y"));
+        assert_eq!(
+            sqlstate(&format!(
+                "INSERT INTO collab.updates (doc_id, seq, update) VALUES ({id}, 2, '\\x{u}')"
+            )),
+            "ok"
+        );
+        Spi::run(&format!("UPDATE collab.documents SET head_seq = 2 WHERE id = {id}"))
+            .expect("head");
+        assert_eq!(text_of("restored"), "xy");
+    }
+
+    #[pg_test]
+    fn deleting_a_document_is_final_until_an_admin_recreates_it() {
         apply("gone", &Peer::new(1).insert(0, "x"));
         one::<i64>("SELECT collab.compact('gone')");
         assert!(one::<bool>("SELECT collab.delete_document('gone')"));
         assert!(!one::<bool>("SELECT collab.delete_document('gone')"));
         assert_eq!(count("SELECT count(*) FROM collab.updates"), 0);
         assert_eq!(count("SELECT count(*) FROM collab.checkpoints"), 0);
+        // A stale client resyncing its copy, or anyone reading, is refused.
+        let stale = hex(&Peer::new(1).insert(0, "x"));
+        assert_eq!(
+            sqlstate(&format!("SELECT collab.apply_update('gone', '\\x{stale}')")),
+            "42704"
+        );
+        assert_eq!(sqlstate("SELECT collab.text('gone')"), "42704");
+        assert_eq!(sqlstate("SELECT collab.insert_text('gone', 'content', 0, 'z')"), "42704");
+        assert_eq!(
+            count("SELECT count(*) FROM collab.documents WHERE name = 'gone' AND deleted_at IS NOT NULL"),
+            1
+        );
+        // Re-created on purpose, it starts afresh.
+        assert!(one::<bool>("SELECT collab.recreate_document('gone')"));
+        assert!(!one::<bool>("SELECT collab.recreate_document('gone')"));
         assert_eq!(text_of("gone"), "");
-        // Re-created under the same name, it starts afresh.
         assert_eq!(apply("gone", &Peer::new(2).insert(0, "new")), 1);
         assert_eq!(text_of("gone"), "new");
     }

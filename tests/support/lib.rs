@@ -7,6 +7,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use tokio_postgres::{Client, NoTls};
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, Transact};
@@ -194,4 +197,45 @@ impl Peer {
         let txn = self.doc.transact();
         text.get_string(&txn)
     }
+}
+
+/// The notification keys of a database (id, key), as a bridge fetches them.
+pub async fn notification_keys(db: &Client) -> Vec<(i32, Vec<u8>)> {
+    db.query("SELECT id, key FROM collab.notification_keys()", &[])
+        .await
+        .expect("keys")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Opens a sealed notification payload (`v1.<key id>.<base64url(nonce || ciphertext)>`) into
+/// its JSON header, with the raw bytes after the NUL put back as base64 under `update`
+/// (updates) or `payload` (broadcasts). None if it does not open with any of `keys`.
+pub fn open_payload(keys: &[(i32, Vec<u8>)], payload: &str) -> Option<serde_json::Value> {
+    let mut parts = payload.splitn(3, '.');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let id: i32 = parts.next()?.parse().ok()?;
+    let body = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts.next()?)
+        .ok()?;
+    let key = &keys.iter().find(|(k, _)| *k == id)?.1;
+    if body.len() < 24 || key.len() != 32 {
+        return None;
+    }
+    let nonce: [u8; 24] = body[..24].try_into().ok()?;
+    let cipher = XChaCha20Poly1305::new_from_slice(key).ok()?;
+    let plain = cipher.decrypt(&XNonce::from(nonce), &body[24..]).ok()?;
+    let (header, bytes) = match plain.iter().position(|b| *b == 0) {
+        Some(i) => (&plain[..i], Some(&plain[i + 1..])),
+        None => (&plain[..], None),
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    if let Some(bytes) = bytes {
+        let field = if v["type"] == "broadcast" { "payload" } else { "update" };
+        v[field] = base64::engine::general_purpose::STANDARD.encode(bytes).into();
+    }
+    Some(v)
 }

@@ -615,7 +615,7 @@ pub(crate) async fn client_retrying(pool: &Pool) -> Result<deadpool_postgres::Ob
 pub async fn head_seq(pool: &Pool, doc: &str) -> Result<i64> {
     let c = client(pool).await?;
     let st = c
-        .prepare_cached("SELECT head_seq FROM collab.documents WHERE name = $1")
+        .prepare_cached("SELECT head_seq FROM collab.document_info($1)")
         .await?;
     let row = c.query_opt(&st, &[&doc]).await?;
     Ok(match row {
@@ -641,7 +641,7 @@ pub async fn state(pool: &Pool, doc: &str) -> Result<(i64, Vec<u8>)> {
     let c = client(pool).await?;
     let st = c
         .prepare_cached(
-            "SELECT coalesce((SELECT head_seq FROM collab.documents WHERE name = $1), 0), \
+            "SELECT coalesce((SELECT head_seq FROM collab.document_info($1)), 0), \
              collab.state($1)",
         )
         .await?;
@@ -654,7 +654,7 @@ pub async fn summary(pool: &Pool, doc: &str) -> Result<(i64, String, String)> {
     let c = client(pool).await?;
     let st = c
         .prepare_cached(
-            "SELECT coalesce((SELECT head_seq FROM collab.documents WHERE name = $1), 0), \
+            "SELECT coalesce((SELECT head_seq FROM collab.document_info($1)), 0), \
              collab.text($1), collab.to_json($1)::text",
         )
         .await?;
@@ -703,13 +703,12 @@ pub struct DocInfo {
     pub updated_at: std::time::SystemTime,
 }
 
-/// The most recently edited documents (at most `limit`).
+/// The most recently edited documents (at most `limit`) the bridge's role may read.
 pub async fn list_docs(pool: &Pool, limit: i64) -> Result<Vec<DocInfo>> {
     let c = client(pool).await?;
     let st = c
         .prepare_cached(
-            "SELECT name, head_seq, updated_at FROM collab.documents \
-             ORDER BY updated_at DESC, name LIMIT $1",
+            "SELECT name, head_seq, updated_at FROM collab.list_documents($1)",
         )
         .await?;
     c.query(&st, &[&limit])
@@ -747,7 +746,7 @@ pub async fn history(
 ) -> Result<(i64, i64, Vec<Version>)> {
     let c = client(pool).await?;
     let head = c
-        .prepare_cached("SELECT head_seq, history_from FROM collab.documents WHERE name = $1")
+        .prepare_cached("SELECT head_seq, history_from FROM collab.document_info($1)")
         .await?;
     let Some(row) = c.query_opt(&head, &[&doc]).await? else {
         return Ok((0, 0, Vec::new()));
@@ -757,9 +756,8 @@ pub async fn history(
     let st = c
         .prepare_cached(
             "WITH s AS ( \
-               SELECT u.seq, u.created_at, (u.origin IS NULL OR u.origin NOT LIKE '%/%') AS sql \
-               FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id \
-               WHERE d.name = $1 AND u.seq > d.head_seq - 20000), \
+               SELECT seq, created_at, (origin IS NULL OR origin NOT LIKE '%/%') AS sql \
+               FROM collab.log_entries($1, $4)), \
              u AS ( \
                SELECT *, CASE WHEN created_at - lag(created_at) OVER w <= make_interval(secs => $2) \
                                AND lag(sql) OVER w = sql THEN 0 ELSE 1 END AS brk \
@@ -770,7 +768,7 @@ pub async fn history(
         )
         .await?;
     let versions = c
-        .query(&st, &[&doc, &gap_secs, &limit])
+        .query(&st, &[&doc, &gap_secs, &limit, &(head_seq - 20000).max(0)])
         .await?
         .into_iter()
         .map(|r| {

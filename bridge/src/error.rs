@@ -161,6 +161,9 @@ impl From<tokio_postgres::Error> for Error {
             "54000" => Error::TooLarge(msg),
             "55000" => Error::HistoryPruned(msg),
             "22023" => Error::InvalidDocName(msg),
+            // pg_collab: the bridge's role lacks the right / the document was deleted.
+            "42501" => Error::Forbidden(msg),
+            "42704" => Error::Deleted,
             code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
                 Error::Unavailable(msg)
             }

@@ -1,9 +1,10 @@
-//! The one `LISTEN collab` connection: parses notifications and routes them to rooms;
-//! reconnects with exponential backoff and jitter, then has every open room catch up.
+//! The one `LISTEN collab` connection: opens sealed notifications (keys fetched on this
+//! connection) and routes them to rooms; reconnects with exponential backoff and jitter, then
+//! has every open room catch up.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -13,11 +14,57 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::fanout::{Hub, RoomEvent};
 use crate::metrics::{LagTracker, Metrics};
-use crate::notify::parse;
+use crate::notify::{self, Keys, Opened, Reject};
 
 pub const CHANNEL: &str = "collab";
 const PING_EVERY: Duration = Duration::from_secs(15);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Broadcasts (awareness) older than this are replays or hopelessly late: dropped. Updates
+/// that old lose their inline content and are fetched from the log instead.
+const MAX_AGE_MS: i64 = 30_000;
+/// At most one key refetch per this interval, however many unknown key ids arrive.
+const REFETCH_EVERY: Duration = Duration::from_secs(1);
+
+/// What a session knows to open notifications.
+struct Trust {
+    keys: Keys,
+    /// The database clock minus ours, in ms (payload ages are measured on its clock).
+    offset_ms: i64,
+    last_fetch: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The notification keys and the database clock's offset, fetched on the LISTEN connection.
+async fn fetch_trust(client: &tokio_postgres::Client) -> Result<Trust, String> {
+    let before = now_ms();
+    let rows = client
+        .query(
+            "SELECT k.id, k.key, (extract(epoch FROM clock_timestamp()) * 1000)::int8 \
+             FROM collab.notification_keys() k",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("cannot fetch the notification keys: {}", describe(&e)))?;
+    let after = now_ms();
+    let db_now: i64 = match rows.first() {
+        Some(r) => r.try_get(2).map_err(|e| e.to_string())?,
+        None => return Err("the database has no notification key".into()),
+    };
+    let keys = Keys::new(
+        rows.iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?))),
+    );
+    Ok(Trust {
+        keys,
+        offset_ms: db_now - (before + after) / 2,
+        last_fetch: Instant::now(),
+    })
+}
 
 pub struct Listener {
     /// Connection settings and TLS policy (shared with the pool).
@@ -85,6 +132,8 @@ impl Listener {
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
             .map_err(|e| describe(&e))?;
+        // After LISTEN: a key rotated in between is then seen as an unknown id and refetched.
+        let mut trust = fetch_trust(&client).await?;
         tracing::info!("listening on channel {CHANNEL}");
         self.alive.store(true, Relaxed);
         self.metrics.listener_up.store(1, Relaxed);
@@ -101,7 +150,7 @@ impl Listener {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(()),
                 n = rx.recv() => match n {
-                    Some(n) => self.handle(&n),
+                    Some(n) => self.handle(&client, &mut trust, &n).await,
                     None => {
                         return Err(match driver_result(driver).await {
                             Some(e) => e,
@@ -120,14 +169,52 @@ impl Listener {
         }
     }
 
-    fn handle(&self, n: &Notification) {
+    async fn handle(&self, client: &tokio_postgres::Client, trust: &mut Trust, n: &Notification) {
         if n.channel() != CHANNEL {
             return;
         }
         self.metrics.notifications.fetch_add(1, Relaxed);
-        let Some((doc, event)) = parse(n.payload()) else {
+        let mut opened = notify::open(&trust.keys, n.payload());
+        if let Err(Reject::UnknownKey(id)) = opened {
+            // A rotated key: fetch the keys again, at most once a second (forgers can name
+            // any id).
+            if trust.last_fetch.elapsed() >= REFETCH_EVERY {
+                match fetch_trust(client).await {
+                    Ok(t) => *trust = t,
+                    Err(e) => tracing::warn!("{e}"),
+                }
+                trust.last_fetch = Instant::now();
+                opened = notify::open(&trust.keys, n.payload());
+            }
+            if opened.is_err() {
+                tracing::debug!("notification sealed with unknown key {id} dropped");
+            }
+        }
+        let Ok(Opened { doc, mut event, ts }) = opened else {
+            self.metrics.notifications_rejected.fetch_add(1, Relaxed);
+            tracing::debug!("notification that does not open dropped");
             return;
         };
+        let age = notify::age_ms(ts, now_ms(), trust.offset_ms);
+        match &mut event {
+            RoomEvent::Broadcast { .. } if age > MAX_AGE_MS => {
+                self.metrics.notifications_rejected.fetch_add(1, Relaxed);
+                return;
+            }
+            RoomEvent::Update { update, .. } if age > MAX_AGE_MS => {
+                // Old: possibly a replay. The room fetches the log instead, which only ever
+                // has what is really there.
+                *update = None;
+            }
+            RoomEvent::Deleted => {
+                // A replayed `deleted` must not close a document that lives (again).
+                if !self.confirm_deleted(client, &doc).await {
+                    self.metrics.notifications_rejected.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+            _ => {}
+        }
         if let RoomEvent::Update {
             seq_to,
             origin: Some(origin),
@@ -140,6 +227,22 @@ impl Listener {
             }
         }
         self.hub.route(&doc, event);
+    }
+
+    async fn confirm_deleted(&self, client: &tokio_postgres::Client, doc: &str) -> bool {
+        match client
+            .query_opt(
+                "SELECT deleted_at IS NOT NULL FROM collab.document_info($1)",
+                &[&doc],
+            )
+            .await
+        {
+            Ok(row) => row.and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(true),
+            Err(e) => {
+                tracing::warn!(doc, "cannot confirm a deletion: {}", describe(&e));
+                false
+            }
+        }
     }
 }
 

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub updates_out: AtomicU64,
     pub awareness_in: AtomicU64,
     pub notifications: AtomicU64,
+    pub notifications_rejected: AtomicU64,
     pub catchup_fetches: AtomicU64,
     pub listener_up: AtomicU64,
     pub listener_reconnects: AtomicU64,
@@ -96,6 +97,7 @@ impl Default for Metrics {
             updates_out: AtomicU64::new(0),
             awareness_in: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
+            notifications_rejected: AtomicU64::new(0),
             catchup_fetches: AtomicU64::new(0),
             listener_up: AtomicU64::new(0),
             listener_reconnects: AtomicU64::new(0),
@@ -179,6 +181,13 @@ impl Metrics {
             "counter",
             "Notifications received on channel collab.",
             &self.notifications,
+        );
+        scalar(
+            "collab_bridge_notifications_rejected_total",
+            "counter",
+            "Notifications dropped: not sealed with a notification key (forged or damaged), \
+             broadcasts too old, deletions the database does not confirm.",
+            &self.notifications_rejected,
         );
         scalar(
             "collab_bridge_catchup_fetches_total",

@@ -30,6 +30,8 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, Update}
 pub const SECRET: &str = "test secret for collab-bridge, at least 32 bytes long";
 pub const ISSUER: &str = "collab-tests";
 pub const AUDIENCE: &str = "pg_collab";
+/// The LOGIN role bridges use in the tests: a member of `collab_bridge`, nothing else.
+pub const BRIDGE_USER: &str = "bridge_login";
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -134,12 +136,20 @@ impl Pg {
                 "-U",
                 "postgres",
             ])
-            .args(["-X", "-q", "-c", "CREATE EXTENSION pg_collab"]));
+            .args(["-X", "-q", "-c", "CREATE EXTENSION pg_collab"])
+            // The bridges log in as a least-privileged role, as in production (README).
+            .args(["-c", &format!("CREATE ROLE {BRIDGE_USER} LOGIN IN ROLE collab_bridge")]));
         pg
     }
 
+    /// The superuser, for the tests' own checks.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// What bridges connect as: a LOGIN role with only `collab_bridge`.
+    pub fn bridge_url(&self) -> String {
+        format!("postgres://{BRIDGE_USER}@127.0.0.1:{}/postgres", self.port)
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
@@ -215,7 +225,7 @@ impl Bridge {
     /// A bridge verifying EdDSA tokens with the public key in `public_pem`.
     pub async fn start_with_key(pg: &Pg, id: &str, public_pem: &str) -> Bridge {
         let args = ["--jwt-public-key", public_pem, "--jwt-algorithm", "eddsa"];
-        let mut b = Self::spawn_inner(&pg.url(), id, &args, false)
+        let mut b = Self::spawn_inner(&pg.bridge_url(), id, &args, false)
             .await
             .unwrap();
         b.wait_healthy().await;
@@ -224,7 +234,7 @@ impl Bridge {
 
     /// Spawns a bridge; Err(stderr) if it exits before listening.
     pub async fn spawn(pg: &Pg, id: &str, extra: &[&str]) -> Result<Bridge, String> {
-        Self::spawn_inner(&pg.url(), id, extra, !extra.contains(&"--dev")).await
+        Self::spawn_inner(&pg.bridge_url(), id, extra, !extra.contains(&"--dev")).await
     }
 
     /// Err(exit status and stderr) if the bridge stops before it listens.

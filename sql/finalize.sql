@@ -131,6 +131,8 @@ GRANT EXECUTE ON FUNCTION
     grant_access(text, text, text), revoke_access(text, text), rotate_notification_key()
 TO collab_admin;
 GRANT EXECUTE ON FUNCTION notification_keys() TO collab_bridge;
+-- Administrators may read the rules; they change them with grant_access / revoke_access.
+GRANT SELECT ON access_rules TO collab_admin;
 
 -- The first notification key.
 SELECT @extschema@.rotate_notification_key();

@@ -146,6 +146,47 @@ impl Cluster {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    /// URL of database `db` as `user`.
+    pub fn url_as(&self, user: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={db}",
+            self.port
+        )
+    }
+
+    pub async fn connect_as(&self, user: &str, db: &str) -> Client {
+        let (client, conn) = tokio_postgres::connect(&self.url_as(user, db), NoTls)
+            .await
+            .expect("connects");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// A client program of the installation (psql, pg_dump, pg_restore) aimed at this cluster
+    /// as the superuser.
+    pub fn tool(&self, name: &str) -> Command {
+        let mut c = Command::new(format!("{}/{name}", pg_bin()));
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"]);
+        c
+    }
+
+    /// Runs `sql` with psql in database `db` (stopping at the first error); returns stdout.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self
+            .tool("psql")
+            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql -c {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Cluster {

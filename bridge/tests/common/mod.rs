@@ -765,7 +765,7 @@ pub struct TestCerts {
 }
 
 /// The database user the test client certificate is for (its common name).
-pub const CLIENT_USER: &str = "collab_bridge";
+pub const CLIENT_USER: &str = "bridge_cert";
 
 impl TestCerts {
     pub fn generate(ca_name: &str) -> TestCerts {
@@ -904,7 +904,7 @@ impl Pg {
         .unwrap();
         run(psql()
             .arg("-c")
-            .arg(format!("CREATE ROLE {CLIENT_USER} LOGIN SUPERUSER"))
+            .arg(format!("CREATE ROLE {CLIENT_USER} LOGIN IN ROLE collab_bridge"))
             .arg("-c")
             .arg(format!("ALTER SYSTEM SET ssl_ca_file = '{}'", ca.display()))
             .args(["-c", "SELECT pg_reload_conf()"]));

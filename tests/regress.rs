@@ -1,0 +1,45 @@
+//! The SQL surface in the DBA's own language: the pg_regress files in `sql/regress` (privileges,
+//! per-document rights, tombstones) run against a throwaway cluster, connecting as the roles an
+//! application, a reader, an administrator and a bridge would use, and must print exactly
+//! `sql/regress/expected/*.out`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use collab_tests::{pg_bin, pg_config, Cluster};
+
+/// The tests, in order (`setup` creates the extension and the roles).
+const TESTS: &[&str] = &["setup", "privileges", "rights", "tombstones"];
+
+fn pg_regress() -> PathBuf {
+    let out = Command::new(pg_config())
+        .arg("--pgxs")
+        .output()
+        .expect("pg_config runs");
+    // .../lib/postgresql/15/lib/pgxs/src/makefiles/pgxs.mk -> .../pgxs/src/test/regress/pg_regress
+    let pgxs = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    pgxs.parent()
+        .and_then(|p| p.parent())
+        .map(|src| src.join("test/regress/pg_regress"))
+        .expect("pgxs path")
+}
+
+#[test]
+fn the_sql_regression_tests_print_what_they_expect() {
+    let cluster = Cluster::start();
+    cluster.psql("postgres", "CREATE DATABASE collab_regress");
+    let out = tempfile::tempdir().expect("temp dir");
+    let input = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sql/regress");
+    let status = Command::new(pg_regress())
+        .args(["--use-existing", "--host=127.0.0.1", "--user=postgres"])
+        .arg(format!("--port={}", cluster.port))
+        .arg(format!("--bindir={}", pg_bin()))
+        .arg(format!("--inputdir={}", input.display()))
+        .arg(format!("--outputdir={}", out.path().display()))
+        .arg("--dbname=collab_regress")
+        .args(TESTS)
+        .status()
+        .expect("pg_regress runs");
+    let diffs = std::fs::read_to_string(out.path().join("regression.diffs")).unwrap_or_default();
+    assert!(status.success(), "pg_regress found differences:\n{diffs}");
+}

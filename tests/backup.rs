@@ -34,9 +34,12 @@ async fn fill(cluster: &Cluster) {
     for word in ["delta ", "epsilon"] {
         let u = peer.insert(at, word);
         at += word.len() as u32;
-        db.execute("SELECT collab.apply_update('history', $1, 'bridge-1/3')", &[&u])
-            .await
-            .expect("apply");
+        db.execute(
+            "SELECT collab.apply_update('history', $1, 'bridge-1/3')",
+            &[&u],
+        )
+        .await
+        .expect("apply");
     }
     let pruned: i64 = db
         .query_one(
@@ -95,7 +98,11 @@ async fn documents(db: &Client) -> BTreeMap<String, String> {
                 .await
                 .expect("read");
             let state: Vec<u8> = r.get(1);
-            desc += &format!(" text={:?} state_bytes={}", r.get::<_, String>(0), state.len());
+            desc += &format!(
+                " text={:?} state_bytes={}",
+                r.get::<_, String>(0),
+                state.len()
+            );
             desc += &format!(" state={state:?}");
             for seq in floor..=head {
                 let t: String = db
@@ -169,8 +176,16 @@ async fn dumps_and_restores_keep_every_document_and_rule() {
     run(restore);
     cluster.psql("postgres", "CREATE DATABASE restored_plain");
     let mut psql = cluster.tool("psql");
-    psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "restored_plain", "-f"])
-        .arg(&plain);
+    psql.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "restored_plain",
+        "-f",
+    ])
+    .arg(&plain);
     run(psql);
 
     let original_rules = rules(&cluster.connect().await).await;
@@ -188,9 +203,12 @@ async fn dumps_and_restores_keep_every_document_and_rule() {
             .expect("write after restore")
             .get(0);
         assert_eq!(seq, 6, "{db}");
-        c.execute("SELECT collab.insert_text('brand-new', 'content', 0, 'x')", &[])
-            .await
-            .expect("a new document after restore");
+        c.execute(
+            "SELECT collab.insert_text('brand-new', 'content', 0, 'x')",
+            &[],
+        )
+        .await
+        .expect("a new document after restore");
         // The deleted document stays deleted.
         let e = c
             .query_one("SELECT collab.text('gone')", &[])
@@ -302,7 +320,10 @@ async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_do
     cluster.psql("postgres", "CREATE DATABASE old");
     cluster.psql("old", "CREATE EXTENSION pg_collab VERSION '0.1.0'");
     assert_eq!(
-        cluster.psql("old", "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'"),
+        cluster.psql(
+            "old",
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'"
+        ),
         "0.1.0\n"
     );
     let dir = tempfile::tempdir().expect("temp dir");
@@ -318,7 +339,9 @@ async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_do
         (
             "updates",
             "doc_id, seq, update, origin, created_at".to_string(),
-            format!("SELECT doc_id, seq, update, origin, created_at FROM collab.updates WHERE {live}"),
+            format!(
+                "SELECT doc_id, seq, update, origin, created_at FROM collab.updates WHERE {live}"
+            ),
         ),
         (
             "checkpoints",
@@ -350,7 +373,10 @@ async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_do
     // What scripts/db.sh runs at every start.
     cluster.psql("old", "ALTER EXTENSION pg_collab UPDATE");
     assert_eq!(
-        cluster.psql("old", "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'"),
+        cluster.psql(
+            "old",
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'"
+        ),
         "0.2.0\n"
     );
     let old = cluster.connect_as("postgres", "old").await;
@@ -363,7 +389,10 @@ async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_do
     cluster.psql("fresh", "CREATE EXTENSION pg_collab");
     let fresh = cluster.connect_as("postgres", "fresh").await;
     let (upgraded, installed) = (catalog(&old).await, catalog(&fresh).await);
-    assert!(installed.len() > 100, "the catalog lists every object: {installed:#?}");
+    assert!(
+        installed.len() > 100,
+        "the catalog lists every object: {installed:#?}"
+    );
     let only_upgraded: Vec<_> = upgraded.iter().filter(|l| !installed.contains(l)).collect();
     let only_installed: Vec<_> = installed.iter().filter(|l| !upgraded.contains(l)).collect();
     assert!(

@@ -707,9 +707,7 @@ pub struct DocInfo {
 pub async fn list_docs(pool: &Pool, limit: i64) -> Result<Vec<DocInfo>> {
     let c = client(pool).await?;
     let st = c
-        .prepare_cached(
-            "SELECT name, head_seq, updated_at FROM collab.list_documents($1)",
-        )
+        .prepare_cached("SELECT name, head_seq, updated_at FROM collab.list_documents($1)")
         .await?;
     c.query(&st, &[&limit])
         .await?

@@ -206,12 +206,10 @@ impl Listener {
                 // has what is really there.
                 *update = None;
             }
-            RoomEvent::Deleted => {
-                // A replayed `deleted` must not close a document that lives (again).
-                if !self.confirm_deleted(client, &doc).await {
-                    self.metrics.notifications_rejected.fetch_add(1, Relaxed);
-                    return;
-                }
+            // A replayed `deleted` must not close a document that lives (again).
+            RoomEvent::Deleted if !self.confirm_deleted(client, &doc).await => {
+                self.metrics.notifications_rejected.fetch_add(1, Relaxed);
+                return;
             }
             _ => {}
         }

@@ -104,7 +104,11 @@ pub fn open(keys: &Keys, payload: &str) -> Result<Opened, Reject> {
         .ok_or(Reject::Invalid)?;
     let body = parts
         .next()
-        .and_then(|b| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b)
+                .ok()
+        })
         .ok_or(Reject::Invalid)?;
     let cipher = keys.0.get(&id).ok_or(Reject::UnknownKey(id))?;
     if body.len() < NONCE {
@@ -201,8 +205,11 @@ mod tests {
         let h = r#"{"type":"broadcast","doc":"d","origin":"x","ts":5}"#;
         let o = open(&keys, &seal(1, &key, &with_bytes(h, &[1]))).expect("broadcast");
         assert!(matches!(o.event, RoomEvent::Broadcast { .. }));
-        let o = open(&keys, &seal(1, &key, br#"{"type":"deleted","doc":"d","ts":5}"#))
-            .expect("deleted");
+        let o = open(
+            &keys,
+            &seal(1, &key, br#"{"type":"deleted","doc":"d","ts":5}"#),
+        )
+        .expect("deleted");
         assert!(matches!(o.event, RoomEvent::Deleted));
     }
 

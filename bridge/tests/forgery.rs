@@ -21,7 +21,10 @@ use tokio_postgres::{AsyncMessage, NoTls};
 async fn eavesdrop(
     pg: &Pg,
     user: &str,
-) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let url = format!("postgres://{user}@127.0.0.1:{}/postgres", pg.port);
     let (client, mut conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -142,10 +145,18 @@ async fn a_connect_only_role_can_neither_forge_nor_replay_nor_read_notifications
     node.finish().await;
 
     assert_eq!(end["closes"], serde_json::json!([]), "no client was closed");
-    assert_eq!(end["strangers"], serde_json::json!([]), "no forged presence");
+    assert_eq!(
+        end["strangers"],
+        serde_json::json!([]),
+        "no forged presence"
+    );
     let text = end["text"].as_str().unwrap();
     assert!(!text.contains("FORGED"), "no forged content: {text}");
-    assert_eq!(pg.text(doc).await, text, "the database holds what the clients show");
+    assert_eq!(
+        pg.text(doc).await,
+        text,
+        "the database holds what the clients show"
+    );
     let typed = end["typed"].as_u64().unwrap();
     for i in 0..typed {
         assert!(text.contains(&format!("a{i};")) && text.contains(&format!("b{i};")));

@@ -77,9 +77,7 @@ impl CollabError {
             CollabError::WrongType { .. } => ERRCODE_WRONG_OBJECT_TYPE,
             CollabError::Pruned { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             CollabError::Corrupt { .. } => ERRCODE_DATA_CORRUPTED,
-            CollabError::DirectWrite | CollabError::Denied { .. } => {
-                ERRCODE_INSUFFICIENT_PRIVILEGE
-            }
+            CollabError::DirectWrite | CollabError::Denied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CollabError::Deleted(_) | CollabError::UnknownRole(_) => ERRCODE_UNDEFINED_OBJECT,
             CollabError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             CollabError::Internal(_) => ERRCODE_INTERNAL_ERROR,

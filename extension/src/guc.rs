@@ -62,5 +62,8 @@ pub fn compact_threshold() -> i64 {
 }
 
 pub fn cache_documents() -> usize {
-    CACHE_DOCUMENTS.get().min(CACHE_DOCUMENTS_LIMIT.get()).max(0) as usize
+    CACHE_DOCUMENTS
+        .get()
+        .min(CACHE_DOCUMENTS_LIMIT.get())
+        .max(0) as usize
 }

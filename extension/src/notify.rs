@@ -327,7 +327,10 @@ mod tests {
             .find(|n| update_plaintext("d", 1, 1, None, Some(&vec![1u8; *n]), 5).contains(&0))
             .expect("some size fits");
         assert!(fits > 5800, "{fits}");
-        assert!(sealed_len(update_plaintext("d", 1, 1, None, Some(&vec![1u8; fits]), 5).len()) <= MAX_PAYLOAD);
+        assert!(
+            sealed_len(update_plaintext("d", 1, 1, None, Some(&vec![1u8; fits]), 5).len())
+                <= MAX_PAYLOAD
+        );
     }
 
     #[test]

@@ -487,8 +487,10 @@ mod tests {
             )),
             "ok"
         );
-        Spi::run(&format!("UPDATE collab.documents SET head_seq = 2 WHERE id = {id}"))
-            .expect("head");
+        Spi::run(&format!(
+            "UPDATE collab.documents SET head_seq = 2 WHERE id = {id}"
+        ))
+        .expect("head");
         assert_eq!(text_of("restored"), "xy");
     }
 
@@ -507,7 +509,10 @@ mod tests {
             "42704"
         );
         assert_eq!(sqlstate("SELECT collab.text('gone')"), "42704");
-        assert_eq!(sqlstate("SELECT collab.insert_text('gone', 'content', 0, 'z')"), "42704");
+        assert_eq!(
+            sqlstate("SELECT collab.insert_text('gone', 'content', 0, 'z')"),
+            "42704"
+        );
         assert_eq!(
             count("SELECT count(*) FROM collab.documents WHERE name = 'gone' AND deleted_at IS NOT NULL"),
             1

@@ -130,7 +130,9 @@ fn load() -> Result<std::rc::Rc<Loaded>> {
     let (rules_table, _) = table("access_rules")?;
     let (keys_table, _) = table("notification_keys")?;
     if owner == Oid::INVALID {
-        return Err(CollabError::Internal("collab.documents has no owner".into()));
+        return Err(CollabError::Internal(
+            "collab.documents has no owner".into(),
+        ));
     }
     let raw: Vec<(String, String, String)> = with_user(owner, || {
         Spi::connect(|c| {
@@ -199,7 +201,9 @@ fn right_of(l: &Loaded, role: Oid, name: &str) -> Option<Right> {
         None
     };
     for rule in &l.rules {
-        if Some(rule.right) > best && pattern_matches(&rule.pattern, name) && has_privs(role, rule.role)
+        if Some(rule.right) > best
+            && pattern_matches(&rule.pattern, name)
+            && has_privs(role, rule.role)
         {
             best = Some(rule.right);
         }

@@ -149,10 +149,7 @@ impl Cluster {
 
     /// URL of database `db` as `user`.
     pub fn url_as(&self, user: &str, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={user} dbname={db}",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port)
     }
 
     pub async fn connect_as(&self, user: &str, db: &str) -> Client {
@@ -169,7 +166,14 @@ impl Cluster {
     /// as the superuser.
     pub fn tool(&self, name: &str) -> Command {
         let mut c = Command::new(format!("{}/{name}", pg_bin()));
-        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"]);
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
         c
     }
 
@@ -177,7 +181,17 @@ impl Cluster {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = self
             .tool("psql")
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .output()
             .expect("psql runs");
         assert!(
@@ -275,8 +289,14 @@ pub fn open_payload(keys: &[(i32, Vec<u8>)], payload: &str) -> Option<serde_json
     };
     let mut v: serde_json::Value = serde_json::from_slice(header).ok()?;
     if let Some(bytes) = bytes {
-        let field = if v["type"] == "broadcast" { "payload" } else { "update" };
-        v[field] = base64::engine::general_purpose::STANDARD.encode(bytes).into();
+        let field = if v["type"] == "broadcast" {
+            "payload"
+        } else {
+            "update"
+        };
+        v[field] = base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into();
     }
     Some(v)
 }

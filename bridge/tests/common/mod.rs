@@ -138,7 +138,10 @@ impl Pg {
             ])
             .args(["-X", "-q", "-c", "CREATE EXTENSION pg_collab"])
             // The bridges log in as a least-privileged role, as in production (README).
-            .args(["-c", &format!("CREATE ROLE {BRIDGE_USER} LOGIN IN ROLE collab_bridge")]));
+            .args([
+                "-c",
+                &format!("CREATE ROLE {BRIDGE_USER} LOGIN IN ROLE collab_bridge"),
+            ]));
         pg
     }
 
@@ -904,7 +907,9 @@ impl Pg {
         .unwrap();
         run(psql()
             .arg("-c")
-            .arg(format!("CREATE ROLE {CLIENT_USER} LOGIN IN ROLE collab_bridge"))
+            .arg(format!(
+                "CREATE ROLE {CLIENT_USER} LOGIN IN ROLE collab_bridge"
+            ))
             .arg("-c")
             .arg(format!("ALTER SYSTEM SET ssl_ca_file = '{}'", ca.display()))
             .args(["-c", "SELECT pg_reload_conf()"]));

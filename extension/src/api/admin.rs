@@ -110,24 +110,22 @@ fn rotate_notification_key() -> i32 {
 #[pg_extern(security_definer, stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn notification_keys() -> TableIterator<'static, (name!(id, i32), name!(key, Vec<u8>))> {
-    let rows = (|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT id, key FROM collab.notification_keys ORDER BY id DESC",
-                None,
-                &[],
-            )?;
-            let mut out = Vec::new();
-            for r in t {
-                out.push((
-                    r.get::<i32>(1)?.unwrap_or(0),
-                    r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                ));
-            }
-            Ok(out)
-        })
-        .map_err(spi_err)
-    })()
+    let rows = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT id, key FROM collab.notification_keys ORDER BY id DESC",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push((
+                r.get::<i32>(1)?.unwrap_or(0),
+                r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok(out)
+    })
+    .map_err(spi_err)
     .or_raise();
     TableIterator::new(rows)
 }
@@ -153,9 +151,7 @@ fn has_access(doc: Option<&str>, level: default!(Option<&str>, "'read'")) -> boo
         let name = doc_name(doc)?;
         let level = required(level, "level")?;
         let right = Right::parse(level).ok_or_else(|| {
-            CollabError::InvalidArgument(format!(
-                "invalid level \"{level}\": read, write or admin"
-            ))
+            CollabError::InvalidArgument(format!("invalid level \"{level}\": read, write or admin"))
         })?;
         Ok(rights::require(name, right).is_ok())
     })()

@@ -6,8 +6,8 @@ use pgrx::prelude::*;
 
 use super::{doc_name, field_name, guarded};
 use crate::error::{required, CollabError, OrRaise, Result};
-use crate::storage::{self, DocRow};
 use crate::rights::{self, Right};
+use crate::storage::{self, DocRow};
 use crate::{cache, merge, notify};
 
 fn seq_in_range(row: &DocRow, seq: i64) -> Result<()> {

@@ -172,4 +172,3 @@ fn log_entries(
     .or_raise();
     TableIterator::new(rows)
 }
-

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The project's own PostgreSQL cluster: data in .data/ (ignored), its own port and socket,
-# owned by a non-root user. Usage: db.sh start | stop | status | psql [args] | url | reset
+# owned by a non-root user. Usage: db.sh start | stop | status | psql [args] | url | bridge-url | reset
+# `start` upgrades the extension in place (ALTER EXTENSION pg_collab UPDATE); `reset` deletes
+# every document and is never needed for an upgrade.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -34,19 +36,13 @@ start() {
         pgctl start -w -l "$DATA/postgresql.log" \
             -o "-p $PORT -k $SOCK -c listen_addresses=127.0.0.1" >/dev/null
     fi
+    # An existing database is upgraded in place to the installed version (the upgrade scripts
+    # keep every document); a new one gets the extension.
     psql_ -q -c "SET client_min_messages = warning" \
-        -c "CREATE EXTENSION IF NOT EXISTS pg_collab" -c "ALTER EXTENSION pg_collab UPDATE" >/dev/null
-    # Until releases carry upgrade scripts, a rebuilt extension of the same version may no longer
-    # match the objects this database created from the previous build.
-    local script sum
-    script="$("$PG_CONFIG" --sharedir)/extension/pg_collab--$(psql_ -Atc "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'").sql"
-    sum="$(md5sum < "$script" | cut -c1-32)"
-    if [ -f "$DATA/extension.md5" ] && [ "$(cat "$DATA/extension.md5")" != "$sum" ]; then
-        say "WARNING: the installed pg_collab build differs from the one this database was created with;"
-        say "         if functions fail, recreate the database: scripts/db.sh reset (deletes its documents)"
-    else
-        echo "$sum" > "$DATA/extension.md5"
-    fi
+        -c "CREATE EXTENSION IF NOT EXISTS pg_collab" -c "ALTER EXTENSION pg_collab UPDATE" \
+        -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'collab_bridge_dev')
+            THEN CREATE ROLE collab_bridge_dev LOGIN IN ROLE collab_bridge; END IF; END \$\$" >/dev/null
+    say "pg_collab $(psql_ -Atc "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'") in database postgres"
 }
 
 psql_() { "$PG_BIN/psql" -X -h "$SOCK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
@@ -57,10 +53,11 @@ case "${1:-status}" in
     status) running && echo "running: postgres://postgres@127.0.0.1:$PORT/postgres" || echo "stopped" ;;
     psql) shift; psql_ "$@" ;;
     url) echo "postgres://postgres@127.0.0.1:$PORT/postgres" ;;
+    # What the bridge logs in as: a role with only collab_bridge's rights (README, Security).
+    bridge-url) echo "postgres://collab_bridge_dev@127.0.0.1:$PORT/postgres" ;;
     reset)
         running && pgctl stop -m fast >/dev/null
         as_pg rm -rf "$PGDATA"
-        rm -f "$DATA/extension.md5"
         start ;;
-    *) die "usage: db.sh start|stop|status|psql|url|reset" ;;
+    *) die "usage: db.sh start|stop|status|psql|url|bridge-url|reset" ;;
 esac

@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 "$ROOT/scripts/setup.sh"
 "$ROOT/scripts/db.sh" start
 url="$("$ROOT/scripts/db.sh" url)"
+bridge_url="$("$ROOT/scripts/db.sh" bridge-url)"   # a LOGIN role in collab_bridge only
 
 say "building collab-bridge (release)"
 cargo build --release -p collab-bridge --quiet
@@ -26,4 +27,4 @@ pg_collab is ready.
 
 MSG
 exec "$CARGO_TARGET_DIR/release/collab-bridge" --dev --listen "$listen" \
-    --database-url "$url" --static-dir "$ROOT/web/dist"
+    --database-url "$bridge_url" --static-dir "$ROOT/web/dist"

@@ -8,7 +8,8 @@ SELECT collab.set_text('tour', 'content', 'Hello, wide world!');
 SELECT collab.text('tour');
 
 \echo '--- documents, with head sequence, sizes and timestamps'
-SELECT name, head_seq, checkpoint_seq, update_count, log_bytes, updated_at FROM collab.documents;
+SELECT name, head_seq, updated_at FROM collab.list_documents();
+SELECT head_seq, checkpoint_seq, update_count, log_bytes FROM collab.document_info('tour');
 
 \echo '--- the log is history: every version stays readable'
 SELECT seq, collab.text_at('tour', seq) FROM generate_series(0, 3) AS seq;

@@ -427,3 +427,46 @@ async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_do
         .expect_err("no table access");
     assert_eq!(e.code().map(|c| c.code()), Some("42501"));
 }
+
+#[tokio::test]
+async fn drop_extension_refuses_while_documents_exist_unless_cascade() {
+    let cluster = Cluster::start();
+    let db = cluster.connect().await;
+    // An installation that never held a document drops as any extension does.
+    db.batch_execute("DROP EXTENSION pg_collab; CREATE EXTENSION pg_collab")
+        .await
+        .expect("an empty installation drops");
+    let db = cluster.connect().await; // a new backend: the guard is checked once per backend
+    db.execute(
+        "SELECT collab.insert_text('kept', 'content', 0, 'precious')",
+        &[],
+    )
+    .await
+    .expect("write");
+    let e = db
+        .batch_execute("DROP EXTENSION pg_collab")
+        .await
+        .expect_err("refused");
+    let err = e.as_db_error().expect("a server error");
+    assert_eq!(err.code().code(), "2BP01", "dependent_objects_still_exist");
+    assert!(
+        err.detail()
+            .is_some_and(|d| d.contains("collab.stored_documents")),
+        "{err:?}"
+    );
+    let text: String = db
+        .query_one("SELECT collab.text('kept')", &[])
+        .await
+        .expect("still there")
+        .get(0);
+    assert_eq!(text, "precious");
+    let listed: i64 = db
+        .query_one("SELECT count(*) FROM collab.stored_documents", &[])
+        .await
+        .expect("the guard lists the documents")
+        .get(0);
+    assert_eq!(listed, 1);
+    db.batch_execute("DROP EXTENSION pg_collab CASCADE")
+        .await
+        .expect("CASCADE drops, documents included");
+}

@@ -2,13 +2,15 @@
 //!
 //! Layout: `api` holds the SQL surface (thin `#[pg_extern]` wrappers); `merge` the pure yrs
 //! logic; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
-//! `notify` the sealed NOTIFY payloads; `rights` who may do what, and running as the owner; `guc` the settings; `error` the SQLSTATE mapping.
+//! `notify` the sealed NOTIFY payloads; `rights` who may do what, and running as the owner;
+//! `guard` the DROP EXTENSION guard; `guc` the settings; `error` the SQLSTATE mapping.
 
 use pgrx::prelude::*;
 
 mod api;
 mod cache;
 mod error;
+mod guard;
 mod guc;
 mod merge;
 mod notify;

@@ -93,6 +93,7 @@ fn write_unchecked(
     origin: Option<&str>,
     f: impl FnOnce(&Doc) -> Result<Option<Batch>>,
 ) -> Result<i64> {
+    crate::guard::ensure()?;
     let mut row = storage::lock(name, true)?
         .ok_or_else(|| CollabError::Internal("document row vanished".into()))?;
     let mut entry = storage::open(&row)?;

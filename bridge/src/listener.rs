@@ -2,6 +2,7 @@
 //! connection) and routes them to rooms; reconnects with exponential backoff and jitter, then
 //! has every open room catch up.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +32,8 @@ struct Trust {
     /// The database clock minus ours, in ms (payload ages are measured on its clock).
     offset_ms: i64,
     last_fetch: Instant,
+    /// `deleted` payloads the database contradicted: replays.
+    replayed: HashSet<String>,
 }
 
 fn now_ms() -> i64 {
@@ -63,6 +66,7 @@ async fn fetch_trust(client: &tokio_postgres::Client) -> Result<Trust, String> {
         keys,
         offset_ms: db_now - (before + after) / 2,
         last_fetch: Instant::now(),
+        replayed: HashSet::new(),
     })
 }
 
@@ -180,7 +184,10 @@ impl Listener {
             // any id).
             if trust.last_fetch.elapsed() >= REFETCH_EVERY {
                 match fetch_trust(client).await {
-                    Ok(t) => *trust = t,
+                    Ok(t) => {
+                        trust.keys = t.keys;
+                        trust.offset_ms = t.offset_ms;
+                    }
                     Err(e) => tracing::warn!("{e}"),
                 }
                 trust.last_fetch = Instant::now();
@@ -206,8 +213,10 @@ impl Listener {
                 // has what is really there.
                 *update = None;
             }
+            // Nobody here to close.
+            RoomEvent::Deleted if self.hub.room(&doc).is_none() => return,
             // A replayed `deleted` must not close a document that lives (again).
-            RoomEvent::Deleted if !self.confirm_deleted(client, &doc).await => {
+            RoomEvent::Deleted if !self.confirm_deleted(client, trust, &doc, n.payload()).await => {
                 self.metrics.notifications_rejected.fetch_add(1, Relaxed);
                 return;
             }
@@ -227,8 +236,19 @@ impl Listener {
         self.hub.route(&doc, event);
     }
 
-    async fn confirm_deleted(&self, client: &tokio_postgres::Client, doc: &str) -> bool {
-        match client
+    /// Whether the database says `doc` is deleted. A payload found to be a replay (the
+    /// document lives) is remembered, so replaying it in a loop costs one query, not one each.
+    async fn confirm_deleted(
+        &self,
+        client: &tokio_postgres::Client,
+        trust: &mut Trust,
+        doc: &str,
+        payload: &str,
+    ) -> bool {
+        if trust.replayed.contains(payload) {
+            return false;
+        }
+        let deleted = match client
             .query_opt(
                 "SELECT deleted_at IS NOT NULL FROM collab.document_info($1)",
                 &[&doc],
@@ -238,9 +258,16 @@ impl Listener {
             Ok(row) => row.and_then(|r| r.try_get::<_, bool>(0).ok()) == Some(true),
             Err(e) => {
                 tracing::warn!(doc, "cannot confirm a deletion: {}", describe(&e));
-                false
+                return false;
             }
+        };
+        if !deleted {
+            if trust.replayed.len() >= 1024 {
+                trust.replayed.clear();
+            }
+            trust.replayed.insert(payload.to_string());
         }
+        deleted
     }
 }
 

@@ -43,3 +43,45 @@ fn the_sql_regression_tests_print_what_they_expect() {
     let diffs = std::fs::read_to_string(out.path().join("regression.diffs")).unwrap_or_default();
     assert!(status.success(), "pg_regress found differences:\n{diffs}");
 }
+
+/// Rules are cached per backend: a change must reach sessions that are already open (and
+/// hold the old rules), at the changing transaction's commit and not before.
+#[tokio::test]
+async fn a_rule_change_reaches_sessions_already_open_at_commit() {
+    let cluster = Cluster::start();
+    let mut admin = cluster.connect().await;
+    admin
+        .batch_execute(
+            "CREATE ROLE carol LOGIN IN ROLE collab_user; \
+             SELECT collab.insert_text('team/plan', 'content', 0, 'Plan');",
+        )
+        .await
+        .expect("setup");
+    let carol = cluster.connect_as("carol", "postgres").await;
+    let read = || async {
+        match carol
+            .query_one("SELECT collab.text('team/plan')", &[])
+            .await
+        {
+            Ok(r) => Ok(r.get::<_, String>(0)),
+            Err(e) => Err(e.code().map(|c| c.code().to_string())),
+        }
+    };
+    assert_eq!(read().await, Err(Some("42501".into())));
+    let tx = admin.transaction().await.expect("begin");
+    tx.execute("SELECT collab.grant_access('carol', 'team/*', 'read')", &[])
+        .await
+        .expect("grant");
+    assert_eq!(
+        read().await,
+        Err(Some("42501".into())),
+        "not before the grant commits"
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(read().await, Ok("Plan".to_string()));
+    admin
+        .execute("SELECT collab.revoke_access('carol', 'team/*')", &[])
+        .await
+        .expect("revoke");
+    assert_eq!(read().await, Err(Some("42501".into())));
+}

@@ -23,8 +23,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Broadcasts (awareness) older than this are replays or hopelessly late: dropped. Updates
 /// that old lose their inline content and are fetched from the log instead.
 const MAX_AGE_MS: i64 = 30_000;
-/// At most one key refetch per this interval, however many unknown key ids arrive.
-const REFETCH_EVERY: Duration = Duration::from_secs(1);
+/// At most one key refetch per this interval, however many unknown key ids arrive (anyone can
+/// send those).
+const REFETCH_EVERY: Duration = Duration::from_millis(100);
 
 /// What a session knows to open notifications.
 struct Trust {
@@ -34,6 +35,9 @@ struct Trust {
     last_fetch: Instant,
     /// `deleted` payloads the database contradicted: replays.
     replayed: HashSet<String>,
+    /// A payload under an unknown key was dropped without a refetch (rate limit): it may have
+    /// been genuine, so the rooms catch up after the next refetch.
+    missed: bool,
 }
 
 fn now_ms() -> i64 {
@@ -67,6 +71,7 @@ async fn fetch_trust(client: &tokio_postgres::Client) -> Result<Trust, String> {
         offset_ms: db_now - (before + after) / 2,
         last_fetch: Instant::now(),
         replayed: HashSet::new(),
+        missed: false,
     })
 }
 
@@ -163,6 +168,9 @@ impl Listener {
                     }
                 },
                 _ = ping.tick() => {
+                    if trust.missed {
+                        self.refetch(&client, &mut trust).await;
+                    }
                     match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Err(describe(&e)),
@@ -183,15 +191,10 @@ impl Listener {
             // A rotated key: fetch the keys again, at most once a second (forgers can name
             // any id).
             if trust.last_fetch.elapsed() >= REFETCH_EVERY {
-                match fetch_trust(client).await {
-                    Ok(t) => {
-                        trust.keys = t.keys;
-                        trust.offset_ms = t.offset_ms;
-                    }
-                    Err(e) => tracing::warn!("{e}"),
-                }
-                trust.last_fetch = Instant::now();
+                self.refetch(client, trust).await;
                 opened = notify::open(&trust.keys, n.payload());
+            } else {
+                trust.missed = true;
             }
             if opened.is_err() {
                 tracing::debug!("notification sealed with unknown key {id} dropped");
@@ -234,6 +237,22 @@ impl Listener {
             }
         }
         self.hub.route(&doc, event);
+    }
+
+    /// Fetches the keys again; after a payload was dropped for want of a key, has every room
+    /// catch up (what it said, if genuine, is in the log).
+    async fn refetch(&self, client: &tokio_postgres::Client, trust: &mut Trust) {
+        match fetch_trust(client).await {
+            Ok(t) => {
+                trust.keys = t.keys;
+                trust.offset_ms = t.offset_ms;
+                if std::mem::take(&mut trust.missed) {
+                    self.hub.catch_up_all();
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+        trust.last_fetch = Instant::now();
     }
 
     /// Whether the database says `doc` is deleted. A payload found to be a replay (the

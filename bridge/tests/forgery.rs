@@ -188,3 +188,36 @@ async fn a_connect_only_role_can_neither_forge_nor_replay_nor_read_notifications
         assert!(!p.contains("old life") && !p.contains("a1;"), "{p}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_notification_key_is_picked_up_without_losing_an_update() {
+    let pg = Pg::start();
+    let bridge = Bridge::start(&pg, "a", &[]).await;
+    let t = writer_token();
+    let client = YClient::connect(&bridge.ws_url("rotating"), Some(&t)).await;
+    client.wait_synced().await;
+    pg.insert_text("rotating", 0, "before;").await;
+    client.wait_text("before;").await;
+    let admin = pg.client().await;
+    for _ in 0..3 {
+        admin
+            .execute("SELECT collab.rotate_notification_key()", &[])
+            .await
+            .unwrap();
+    }
+    // Sealed with a key the bridge has never seen: fetched on first sight, nothing lost.
+    pg.insert_text("rotating", 7, "after;").await;
+    client.wait_text("before;after;").await;
+    assert_eq!(
+        bridge
+            .metric("collab_bridge_notifications_rejected_total")
+            .await,
+        0.0
+    );
+    let keys: i64 = admin
+        .query_one("SELECT count(*) FROM collab.notification_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 2, "rotation keeps the previous key only");
+}

@@ -1,6 +1,6 @@
 -- A tour of pg_collab in psql:  scripts/db.sh psql -f sql/examples/tour.sql
 \set ON_ERROR_STOP on
-\echo '--- edits in SQL are Yjs updates, appended to the log and announced with NOTIFY'
+\echo '--- edits in SQL are Yjs updates, appended to the log and announced with NOTIFY (sealed: psql shows ciphertext)'
 LISTEN collab;
 SELECT collab.insert_text('tour', 'content', 0, 'Hello world');
 SELECT collab.insert_text('tour', 'content', 5, ',');

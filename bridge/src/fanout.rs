@@ -4,13 +4,23 @@
 //! Each room tracks the last sequence it delivered. An update notification that follows on
 //! directly and carries its update inline is sent as is; anything else (a gap, a batch too large
 //! to inline, a listener reconnect, a dropped event) makes the room fetch
-//! `collab.updates_since(last)`. Each connection has a bounded send queue; one that is full gets
-//! the connection closed (too slow). Nothing is echoed to the connection that wrote it: its
-//! origin (`<bridge-id>/<conn-id>`) is skipped. Awareness, unlike updates, goes to everyone.
+//! `collab.updates_since(last)`. Each connection has a send queue bounded in bytes; one that is
+//! over its budget gets the connection closed (too slow). Nothing is echoed to the connection
+//! that wrote it: its origin (`<bridge-id>/<conn-id>`) is skipped. Awareness, unlike updates,
+//! goes to everyone.
+//!
+//! A room also shares work between its connections: expensive reads (the whole-document diff
+//! answering a sync step 1, the state vector) run once for every connection that asks for the
+//! same thing at the same time (single flight), and the awareness changes of this bridge's
+//! connections are coalesced into one `collab.broadcast` per short interval. Awareness client
+//! ids belong to the connection that introduced them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use axum::body::Bytes;
 use deadpool_postgres::Pool;
@@ -50,7 +60,13 @@ pub struct ConnHandle {
     pub id: ConnId,
     /// `<bridge-id>/<conn-id>`: the origin of this connection's writes and broadcasts.
     pub origin: String,
+    /// The token's `sub`.
+    pub subject: Arc<str>,
     pub tx: mpsc::Sender<Frame>,
+    /// Bytes queued for the writer and not yet written.
+    pub queued: Arc<AtomicUsize>,
+    /// Most bytes `queued` may hold (a single larger frame passes when nothing is queued).
+    pub budget: usize,
     pub kick: CancellationToken,
     pub kick_reason: Arc<Mutex<Option<Error>>>,
 }
@@ -71,19 +87,40 @@ impl ConnHandle {
     }
 
     fn send_since(&self, bytes: Bytes, since: Option<Instant>, metrics: &Metrics) -> bool {
+        if self.kick.is_cancelled() {
+            return false;
+        }
+        let len = bytes.len();
+        // Reserve the bytes first: the budget holds however many tasks send at once.
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q.saturating_add(len) <= self.budget).then(|| q.saturating_add(len))
+            })
+            .is_ok();
+        if !reserved {
+            self.too_slow(metrics);
+            return false;
+        }
         match self.tx.try_send(Frame { bytes, since }) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kick.is_cancelled() {
-                    metrics
-                        .slow_clients
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.too_slow(metrics);
                 }
-                self.kick(Error::TooSlow);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    fn too_slow(&self, metrics: &Metrics) {
+        if !self.kick.is_cancelled() {
+            metrics
+                .slow_clients
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.kick(Error::TooSlow);
     }
 }
 
@@ -108,6 +145,19 @@ struct AwarenessState {
     seen: Instant,
 }
 
+/// A shared read in progress: when it started (a connection may only use a read that started
+/// after it joined, or it could miss an update delivered before it was listening).
+struct Flight {
+    started: Instant,
+    result: Shared<BoxFuture<'static, Result<Bytes>>>,
+}
+
+/// Which local connection introduced an awareness client id.
+struct AwarenessOwner {
+    conn: ConnId,
+    subject: Arc<str>,
+}
+
 pub struct Room {
     pub name: String,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
@@ -117,9 +167,95 @@ pub struct Room {
     ready: watch::Receiver<bool>,
     stop: CancellationToken,
     awareness: Mutex<HashMap<u64, AwarenessState>>,
+    owners: Mutex<HashMap<u64, AwarenessOwner>>,
+    /// Awareness entries of this bridge's connections not yet broadcast.
+    outbox: Mutex<HashMap<u64, (u32, Arc<str>)>>,
+    outbox_ready: Notify,
+    flights: Mutex<HashMap<Vec<u8>, Flight>>,
 }
 
 impl Room {
+    /// The result of `read` for `key`, shared with every connection that asks for the same key
+    /// while it runs, provided it started after `joined` (when the asking connection joined).
+    pub async fn single_flight<F>(&self, key: Vec<u8>, joined: Instant, read: F) -> Result<Bytes>
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<Bytes>>,
+    {
+        let (started, result) = {
+            let mut flights = lock(&self.flights);
+            match flights.get(&key) {
+                Some(f) if f.started >= joined => (f.started, f.result.clone()),
+                _ => {
+                    let started = Instant::now();
+                    let result = read().shared();
+                    flights.insert(
+                        key.clone(),
+                        Flight {
+                            started,
+                            result: result.clone(),
+                        },
+                    );
+                    (started, result)
+                }
+            }
+        };
+        let out = result.await;
+        let mut flights = lock(&self.flights);
+        if flights.get(&key).is_some_and(|f| f.started == started) {
+            flights.remove(&key);
+        }
+        out
+    }
+
+    /// Whether connection `conn` (of `subject`) may set or remove awareness client `client`,
+    /// claiming it if nobody here holds it. Another subject's live claim is refused; the same
+    /// subject may take a client id over (a page that reconnects keeps its Yjs client id, and
+    /// its old connection may not be gone yet).
+    pub fn claim_awareness(&self, client: u64, conn: ConnId, subject: &Arc<str>) -> bool {
+        let mut owners = lock(&self.owners);
+        match owners.get(&client) {
+            Some(o) if o.conn == conn => true,
+            Some(o) if o.subject != *subject && lock(&self.conns).contains_key(&o.conn) => false,
+            _ => {
+                owners.insert(
+                    client,
+                    AwarenessOwner {
+                        conn,
+                        subject: subject.clone(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Gives up a connection's awareness client ids and drops what of theirs is unsent.
+    pub fn release_awareness(&self, conn: ConnId, clients: &[u64]) {
+        let mut owners = lock(&self.owners);
+        let mut outbox = lock(&self.outbox);
+        for c in clients {
+            if owners.get(c).is_some_and(|o| o.conn == conn) {
+                owners.remove(c);
+            }
+            outbox.remove(c);
+        }
+    }
+
+    /// Queues awareness entries for the room's next coalesced broadcast.
+    pub fn queue_awareness(&self, entries: impl IntoIterator<Item = (u64, u32, Arc<str>)>) {
+        let mut outbox = lock(&self.outbox);
+        for (client, clock, json) in entries {
+            match outbox.get(&client) {
+                Some((c, _)) if *c > clock => {}
+                _ => {
+                    outbox.insert(client, (clock, json));
+                }
+            }
+        }
+        drop(outbox);
+        self.outbox_ready.notify_one();
+    }
+
     /// Waits until the room knows the document's head sequence (so that what a connection reads
     /// from the database afterwards and what the room delivers leave no gap between them).
     pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
@@ -220,6 +356,9 @@ impl Room {
 struct HubCtx {
     pool: Pool,
     metrics: Arc<Metrics>,
+    /// Origin of coalesced awareness broadcasts: the bridge id.
+    bridge_origin: String,
+    awareness_interval: Duration,
 }
 
 /// All open rooms of this bridge.
@@ -236,10 +375,17 @@ impl Hub {
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
         cancel: CancellationToken,
+        bridge_id: &str,
+        awareness_interval: Duration,
     ) -> Self {
         Hub {
             rooms: Mutex::new(HashMap::new()),
-            ctx: Arc::new(HubCtx { pool, metrics }),
+            ctx: Arc::new(HubCtx {
+                pool,
+                metrics,
+                bridge_origin: bridge_id.to_string(),
+                awareness_interval,
+            }),
             tracker,
             cancel,
         }
@@ -261,10 +407,16 @@ impl Hub {
                     ready,
                     stop: self.cancel.child_token(),
                     awareness: Mutex::new(HashMap::new()),
+                    owners: Mutex::new(HashMap::new()),
+                    outbox: Mutex::new(HashMap::new()),
+                    outbox_ready: Notify::new(),
+                    flights: Mutex::new(HashMap::new()),
                 });
                 rooms.insert(doc.to_string(), room.clone());
                 self.tracker
                     .spawn(run_room(room.clone(), rx, ready_tx, self.ctx.clone()));
+                self.tracker
+                    .spawn(flush_awareness(room.clone(), self.ctx.clone()));
                 room
             }
         };
@@ -314,11 +466,67 @@ impl Hub {
         }
     }
 
+    /// Closes every connection whose subject is in `revoked` (4001).
+    pub fn kick_subjects(&self, revoked: &std::collections::HashSet<String>) -> usize {
+        let mut n = 0;
+        for room in lock(&self.rooms).values() {
+            for c in lock(&room.conns).values() {
+                if revoked.contains(&*c.subject) {
+                    c.kick(Error::InvalidToken("revoked".into()));
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// After the listener (re)connects: every room fetches what it may have missed.
     pub fn catch_up_all(&self) {
         for room in lock(&self.rooms).values() {
             room.catchup.notify_one();
         }
+    }
+}
+
+/// Sends the room's queued awareness as one `collab.broadcast` per interval (every bridge,
+/// this one included, relays it to its connections from the notification). The room's own
+/// departures (a closing connection's removals) are sent apart, right away.
+async fn flush_awareness(room: Arc<Room>, ctx: Arc<HubCtx>) {
+    loop {
+        tokio::select! {
+            _ = room.stop.cancelled() => return,
+            _ = room.outbox_ready.notified() => {}
+        }
+        // Collect what else arrives meanwhile: one broadcast per interval at most.
+        tokio::select! {
+            _ = room.stop.cancelled() => return,
+            _ = tokio::time::sleep(ctx.awareness_interval) => {}
+        }
+        let entries: Vec<(u64, u32, Arc<str>)> = lock(&room.outbox)
+            .drain()
+            .map(|(client, (clock, json))| (client, clock, json))
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let frame = protocol::awareness(entries);
+        publish_awareness(&ctx.pool, &room, &ctx.bridge_origin, &frame, &ctx.metrics).await;
+    }
+}
+
+/// Broadcasts an awareness frame to every bridge of the room.
+pub async fn publish_awareness(
+    pool: &Pool,
+    room: &Arc<Room>,
+    origin: &str,
+    frame: &[u8],
+    metrics: &Metrics,
+) {
+    match db::broadcast(pool, &room.name, frame, origin).await {
+        Ok(()) => {}
+        // Too big for a notification: at least this bridge's clients get it.
+        Err(Error::TooLarge(_)) => room.deliver_broadcast(frame, metrics),
+        Err(e) => tracing::debug!(doc = %room.name, "awareness not relayed: {e}"),
     }
 }
 

@@ -33,6 +33,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/dev/logout", post(dev_logout))
         .route("/api/{*rest}", axum::routing::any(unknown_api))
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::map_response(no_store))
+}
+
+/// `/metrics`: on the main address, or alone on `--admin-listen`.
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
         .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(no_store))
 }

@@ -70,6 +70,10 @@ pub struct Metrics {
     pub updates_rejected: AtomicU64,
     pub updates_out: AtomicU64,
     pub awareness_in: AtomicU64,
+    pub awareness_dropped: AtomicU64,
+    pub expensive_delayed: AtomicU64,
+    pub write_budget_waits: AtomicU64,
+    pub lane_set_aside: AtomicU64,
     pub notifications: AtomicU64,
     pub catchup_fetches: AtomicU64,
     pub listener_up: AtomicU64,
@@ -95,6 +99,10 @@ impl Default for Metrics {
             updates_rejected: AtomicU64::new(0),
             updates_out: AtomicU64::new(0),
             awareness_in: AtomicU64::new(0),
+            awareness_dropped: AtomicU64::new(0),
+            expensive_delayed: AtomicU64::new(0),
+            write_budget_waits: AtomicU64::new(0),
+            lane_set_aside: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             catchup_fetches: AtomicU64::new(0),
             listener_up: AtomicU64::new(0),
@@ -135,13 +143,13 @@ impl Metrics {
         scalar(
             "collab_bridge_connections_refused_total",
             "counter",
-            "WebSocket connections refused for being over --max-connections.",
+            "WebSocket connections refused by a limit (--max-connections, per subject, connect rate, refusal back-off).",
             &self.connections_refused,
         );
         scalar(
             "collab_bridge_slow_clients_total",
             "counter",
-            "Connections closed because their send queue was full.",
+            "Connections closed because their send queue was over its byte budget.",
             &self.slow_clients,
         );
         scalar(
@@ -173,6 +181,30 @@ impl Metrics {
             "counter",
             "Awareness messages received from clients.",
             &self.awareness_in,
+        );
+        scalar(
+            "collab_bridge_awareness_dropped_total",
+            "counter",
+            "Awareness messages or entries dropped (over the rate, or a client id of another user).",
+            &self.awareness_dropped,
+        );
+        scalar(
+            "collab_bridge_expensive_delayed_total",
+            "counter",
+            "Sync step 1 or awareness queries held back by their connection's rate.",
+            &self.expensive_delayed,
+        );
+        scalar(
+            "collab_bridge_write_budget_waits_total",
+            "counter",
+            "Updates that waited for room in the global budget of updates being stored.",
+            &self.write_budget_waits,
+        );
+        scalar(
+            "collab_bridge_lane_set_aside_total",
+            "counter",
+            "Documents a write lane set aside because their row stayed locked.",
+            &self.lane_set_aside,
         );
         scalar(
             "collab_bridge_notifications_total",

@@ -683,3 +683,44 @@ fn send_update_since(
         .updates_out
         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(budget: usize) -> (ConnHandle, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(1000);
+        let h = ConnHandle {
+            id: 1,
+            origin: "b/1".into(),
+            subject: Arc::from("ada"),
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            budget,
+            kick: CancellationToken::new(),
+            kick_reason: Default::default(),
+        };
+        (h, rx)
+    }
+
+    #[test]
+    fn a_send_queue_never_holds_more_than_its_byte_budget() {
+        let m = Metrics::default();
+        let (h, _rx) = handle(100);
+        assert!(h.send(Bytes::from(vec![0; 60]), &m));
+        assert!(h.send(Bytes::from(vec![0; 40]), &m));
+        assert_eq!(h.queued.load(Ordering::Acquire), 100);
+        assert!(!h.send(Bytes::from(vec![0; 1]), &m), "over the budget");
+        assert!(h.kick.is_cancelled(), "and closed as too slow");
+        assert_eq!(h.queued.load(Ordering::Acquire), 100);
+        assert!(matches!(*lock(&h.kick_reason), Some(Error::TooSlow)));
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_budget_passes_an_empty_queue() {
+        let m = Metrics::default();
+        let (h, _rx) = handle(100);
+        assert!(h.send(Bytes::from(vec![0; 500]), &m), "a big first sync");
+        assert!(!h.send(Bytes::from(vec![0; 1]), &m));
+    }
+}

@@ -240,9 +240,6 @@ async fn run(socket: WebSocket, st: AppState, doc: String, admitted: Admitted) {
         aw_clients,
         ..
     } = conn;
-    if let Some(Error::UpdateRejected(_)) = &end {
-        st.refusals.refused(&subject);
-    }
     st.hub.leave(&room, id);
     let ids: Vec<u64> = aw_clients.keys().copied().collect();
     room.release_awareness(id, &ids);
@@ -345,6 +342,11 @@ impl Conn {
                 _ = &mut idle => return Some(Error::Idle(IDLE_TIMEOUT.as_secs())),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(e) = done {
+                        // The database refused this subject's data: its next connections wait,
+                        // longer each time, instead of resending it in a tight loop.
+                        if e.is_client_data() {
+                            self.st.refusals.refused(&self.subject);
+                        }
                         return Some(e);
                     }
                 }

@@ -16,7 +16,7 @@
 //! ids belong to the connection that introduced them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -145,11 +145,22 @@ struct AwarenessState {
     seen: Instant,
 }
 
-/// A shared read in progress: when it started (a connection may only use a read that started
-/// after it joined, or it could miss an update delivered before it was listening).
+/// A shared read in progress: when it started and the last sequence the room had delivered
+/// then. A connection may use a read that started after it joined, or one that started when
+/// the room had delivered just what it had when the connection joined (nothing was delivered
+/// in between, so nothing the connection missed can be missing from the read); otherwise it
+/// could miss an update delivered before it was listening.
 struct Flight {
     started: Instant,
+    delivered: i64,
     result: Shared<BoxFuture<'static, Result<Bytes>>>,
+}
+
+/// When a connection joined its room: the instant and the room's last delivered sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Joined {
+    pub at: Instant,
+    pub delivered: i64,
 }
 
 /// Which local connection introduced an awareness client id.
@@ -172,26 +183,37 @@ pub struct Room {
     outbox: Mutex<HashMap<u64, (u32, Arc<str>)>>,
     outbox_ready: Notify,
     flights: Mutex<HashMap<Vec<u8>, Flight>>,
+    /// The last sequence handed to the connections (-1 until the room is ready), stored before
+    /// it is delivered, so that a connection joining concurrently either gets the update or
+    /// sees the new value.
+    delivered: AtomicI64,
 }
 
 impl Room {
     /// The result of `read` for `key`, shared with every connection that asks for the same key
     /// while it runs, provided it started after `joined` (when the asking connection joined).
-    pub async fn single_flight<F>(&self, key: Vec<u8>, joined: Instant, read: F) -> Result<Bytes>
+    pub async fn single_flight<F>(&self, key: Vec<u8>, joined: Joined, read: F) -> Result<Bytes>
     where
         F: FnOnce() -> BoxFuture<'static, Result<Bytes>>,
     {
         let (started, result) = {
             let mut flights = lock(&self.flights);
             match flights.get(&key) {
-                Some(f) if f.started >= joined => (f.started, f.result.clone()),
+                Some(f)
+                    if f.started >= joined.at
+                        || (joined.delivered >= 0 && f.delivered == joined.delivered) =>
+                {
+                    (f.started, f.result.clone())
+                }
                 _ => {
                     let started = Instant::now();
+                    let delivered = self.delivered.load(Ordering::Acquire);
                     let result = read().shared();
                     flights.insert(
                         key.clone(),
                         Flight {
                             started,
+                            delivered,
                             result: result.clone(),
                         },
                     );
@@ -392,7 +414,7 @@ impl Hub {
     }
 
     /// Adds a connection to the room of `doc`, opening the room if needed.
-    pub fn join(&self, doc: &str, conn: ConnHandle) -> Arc<Room> {
+    pub fn join(&self, doc: &str, conn: ConnHandle) -> (Arc<Room>, Joined) {
         let mut rooms = lock(&self.rooms);
         let room = match rooms.get(doc) {
             Some(r) => r.clone(),
@@ -411,6 +433,7 @@ impl Hub {
                     outbox: Mutex::new(HashMap::new()),
                     outbox_ready: Notify::new(),
                     flights: Mutex::new(HashMap::new()),
+                    delivered: AtomicI64::new(-1),
                 });
                 rooms.insert(doc.to_string(), room.clone());
                 self.tracker
@@ -420,9 +443,16 @@ impl Hub {
                 room
             }
         };
-        lock(&room.conns).insert(conn.id, conn);
+        let joined = {
+            let mut conns = lock(&room.conns);
+            conns.insert(conn.id, conn);
+            Joined {
+                at: Instant::now(),
+                delivered: room.delivered.load(Ordering::Acquire),
+            }
+        };
         self.set_gauge(rooms.len());
-        room
+        (room, joined)
     }
 
     /// Removes a connection; the last one out closes the room.
@@ -553,6 +583,7 @@ async fn run_room(
             }
         }
     };
+    room.delivered.store(last, Ordering::Release);
     let _ = ready.send(true);
     loop {
         tokio::select! {
@@ -586,6 +617,7 @@ async fn handle_event(
             }
             match update {
                 Some(update) if seq_from == last + 1 => {
+                    room.delivered.store(seq_to, Ordering::Release);
                     send_update_since(room, ctx, update, origin.as_deref(), Some(arrived));
                     seq_to
                 }
@@ -620,6 +652,9 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
                 .filter(|r| r.seq > last || r.origin.as_deref() == Some("checkpoint"))
                 .collect();
             let new_last = rows.iter().map(|r| r.seq).fold(last, i64::max);
+            // Before delivering (see `Room::delivered`); the rows are committed, so any read
+            // that starts from here on includes them.
+            room.delivered.store(new_last, Ordering::Release);
             let (origins, updates): (Vec<Option<String>>, Vec<Vec<u8>>) =
                 rows.into_iter().map(|r| (r.origin, r.update)).unzip();
             let updates = if updates.len() > MERGE_ABOVE_ROWS {

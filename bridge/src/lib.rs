@@ -13,6 +13,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
+pub mod upgrade;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};

@@ -21,10 +21,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -32,15 +31,20 @@ use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{now_secs, Access, Principal};
 use crate::db;
 use crate::error::{Error, Result};
-use crate::fanout::{lock, publish_awareness, ConnHandle, Frame, Room};
+use crate::fanout::{lock, publish_awareness, ConnHandle, Frame, Joined, Room};
 use crate::limits::{client_ip, SubjectSlot, TokenBucket};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Incoming};
+use crate::upgrade::{Socket as WebSocket, Upgrade};
 use crate::{AppState, ConnSlot};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -59,6 +63,9 @@ const BLOCKING_CHECK_BYTES: usize = 64 * 1024;
 const READ_BUFFER: usize = 4 * 1024;
 /// Bytes tungstenite collects before writing them out (the writer flushes after each batch).
 const WRITE_BUFFER: usize = 8 * 1024;
+/// Messages larger than this go out as fragments of this size: tungstenite's send buffer grows
+/// to the largest frame and never shrinks (see `upgrade.rs`).
+const FRAGMENT: usize = 32 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
@@ -78,30 +85,37 @@ pub async fn upgrade(
     Query(q): Query<TokenQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Result<Response> {
     db::validate_doc_name(&doc)?;
     let admitted = admit(&st, &doc, peer, &headers, q.token.as_deref());
     let limit = st.cfg.max_message_bytes;
     let tracker = st.tracker.clone();
-    Ok(ws
-        .max_message_size(limit)
-        .max_frame_size(limit)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                match admitted {
-                    Ok(a) => run(socket, st, doc, a).await,
-                    Err(e) => {
-                        if let Error::Busy(_) = e {
-                            st.metrics.connections_refused.fetch_add(1, Relaxed);
-                        }
-                        refuse(socket, e).await
+        .write_buffer_size(WRITE_BUFFER);
+    Ok(ws.on_upgrade(config, move |socket| {
+        tracker.track_future(async move {
+            match admitted {
+                Ok(a) => run(socket, st, doc, a).await,
+                Err(e) => {
+                    if let Error::Busy(_) = e {
+                        st.metrics.connections_refused.fetch_add(1, Relaxed);
                     }
+                    refuse(socket, e).await
                 }
-            })
-        }))
+            }
+        })
+    }))
+}
+
+fn close_frame(code: u16, reason: String) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }
 }
 
 /// What lets a connection in: its principal, right and places under the limits.
@@ -153,10 +167,7 @@ fn admit(
 }
 
 async fn refuse(mut socket: WebSocket, e: Error) {
-    let frame = CloseFrame {
-        code: e.close_code(),
-        reason: e.close_reason().into(),
-    };
+    let frame = close_frame(e.close_code(), e.close_reason());
     let _ = socket.send(Message::Close(Some(frame))).await;
     // Give the client a moment to answer the close before the socket is dropped.
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.next()).await;
@@ -173,8 +184,8 @@ struct Conn {
     access: Access,
     room: Arc<Room>,
     handle: ConnHandle,
-    /// When this connection joined its room: shared reads must have started later.
-    joined: Instant,
+    /// When this connection joined its room: which shared reads it may use.
+    joined: Joined,
     pending: FuturesUnordered<Pending>,
     /// Awareness clients announced here: client id → (last clock, whether it has a state).
     aw_clients: HashMap<u64, (u32, bool)>,
@@ -213,8 +224,7 @@ async fn run(socket: WebSocket, st: AppState, doc: String, admitted: Admitted) {
         kick: CancellationToken::new(),
         kick_reason: Default::default(),
     };
-    let room = st.hub.join(&doc, handle.clone());
-    let joined = Instant::now();
+    let (room, joined) = st.hub.join(&doc, handle.clone());
     tracing::debug!(doc, conn = id, subject = %principal.subject, ?access, "connected");
     let mut conn = Conn {
         st: st.clone(),
@@ -280,19 +290,12 @@ fn secs_until(unix: u64) -> Duration {
     Duration::from_secs(unix.saturating_sub(now_secs()).min(366 * 24 * 3600))
 }
 
-fn read_error(e: axum::Error) -> Option<Error> {
-    let text = e.to_string();
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("too long") || lower.contains("too big") || lower.contains("capacity") {
-        Some(Error::TooLarge(text))
-    } else if lower.contains("reset")
-        || lower.contains("broken pipe")
-        || lower.contains("closed")
-        || lower.contains("without closing handshake")
-    {
-        None
-    } else {
-        Some(Error::Malformed(text))
+fn read_error(e: tokio_tungstenite::tungstenite::Error) -> Option<Error> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match e {
+        WsError::Capacity(e) => Some(Error::TooLarge(e.to_string())),
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
+        other => Some(Error::Malformed(other.to_string())),
     }
 }
 
@@ -360,7 +363,7 @@ impl Conn {
                             return Some(e);
                         }
                     }
-                    Some(Ok(Message::Text(_))) => {
+                    Some(Ok(Message::Text(_) | Message::Frame(_))) => {
                         return Some(Error::Malformed(
                             "text frames are not y-websocket messages".into(),
                         ))
@@ -596,11 +599,9 @@ async fn write_loop(
     {
         return;
     }
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink
+        .send(Message::Close(Some(close_frame(code, reason))))
+        .await;
     let _ = sink.close().await;
 }
 
@@ -611,7 +612,7 @@ async fn write_frames(
     batch: &mut Vec<Frame>,
     queued: &AtomicUsize,
     metrics: &Metrics,
-) -> std::result::Result<(), axum::Error> {
+) -> std::result::Result<(), tokio_tungstenite::tungstenite::Error> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -620,7 +621,24 @@ async fn write_frames(
     for f in batch.drain(..) {
         since.extend(f.since);
         bytes += f.bytes.len();
-        sink.feed(Message::Binary(f.bytes)).await?;
+        if f.bytes.len() <= FRAGMENT {
+            sink.feed(Message::Binary(f.bytes)).await?;
+            continue;
+        }
+        // A large message (a whole document): fragments, each a slice of the shared bytes.
+        let total = f.bytes.len();
+        let mut at = 0;
+        while at < total {
+            let end = (at + FRAGMENT).min(total);
+            let opcode = if at == 0 {
+                OpCode::Data(Data::Binary)
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            let frame = WsFrame::message(f.bytes.slice(at..end), opcode, end == total);
+            sink.feed(Message::Frame(frame)).await?;
+            at = end;
+        }
     }
     sink.flush().await?;
     // Only now are the bytes off the budget: a reader that stops reading holds them.

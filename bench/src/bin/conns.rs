@@ -187,7 +187,8 @@ async fn idle(a: Args) {
     for mut ws in socks {
         let _ = ws.close(None).await;
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Allocators give memory back after a delay (jemalloc: 10 s of decay by default).
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let (rss2, hwm2) = memory(a.pid);
     println!(
         "{{\"measure\":\"after_close\",\"rss_kib\":{rss2},\"hwm_kib\":{hwm2},\"returned_kib\":{}}}",
@@ -318,7 +319,7 @@ async fn storm(a: Args) {
         lat.last().copied().unwrap_or(0.0),
     );
     drop(keep);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let (rss2, _) = memory(a.pid);
     println!("{{\"measure\":\"after_storm\",\"rss_kib\":{rss2}}}");
 }

@@ -37,6 +37,8 @@ use yrs::sync::awareness::AwarenessUpdate;
 
 pub type ConnId = u64;
 
+/// Catch-up fetches (`collab.updates_since`) running at once across the bridge.
+const CATCHUP_SLOTS: usize = 4;
 /// Events queued for one room before the listener starts dropping (and the room catches up).
 const ROOM_QUEUE: usize = 1024;
 /// Awareness states not renewed for this long are not handed to new connections (y-protocols
@@ -381,6 +383,7 @@ struct HubCtx {
     /// Origin of coalesced awareness broadcasts: the bridge id.
     bridge_origin: String,
     awareness_interval: Duration,
+    catchup_slots: tokio::sync::Semaphore,
 }
 
 /// All open rooms of this bridge.
@@ -407,6 +410,7 @@ impl Hub {
                 metrics,
                 bridge_origin: bridge_id.to_string(),
                 awareness_interval,
+                catchup_slots: tokio::sync::Semaphore::new(CATCHUP_SLOTS),
             }),
             tracker,
             cancel,
@@ -511,9 +515,17 @@ impl Hub {
     }
 
     /// After the listener (re)connects: every room fetches what it may have missed.
+    /// The rooms start at random moments spread over up to 2 s (5 ms per room), and fetch at
+    /// most [`CATCHUP_SLOTS`] at a time, so that a reconnect does not empty the pool.
     pub fn catch_up_all(&self) {
-        for room in lock(&self.rooms).values() {
-            room.catchup.notify_one();
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let spread = Duration::from_millis(5 * rooms.len() as u64).min(Duration::from_secs(2));
+        for room in rooms {
+            let delay = spread.mul_f64(rand::random::<f64>());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                room.catchup.notify_one();
+            });
         }
     }
 }
@@ -612,6 +624,12 @@ async fn handle_event(
             origin,
             update,
         } => {
+            if seq_from == 1 && last >= 1 {
+                // Sequences start again at 1: the document was deleted and written anew, and
+                // the `deleted` notification was lost. The clients hold the old document.
+                room.kick_all(Error::Deleted);
+                return 0;
+            }
             if seq_to <= last {
                 return last;
             }
@@ -644,13 +662,29 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
     ctx.metrics
         .catchup_fetches
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match db::updates_since(&ctx.pool, &room.name, last).await {
+    let fetched = {
+        let _slot = ctx.catchup_slots.acquire().await;
+        db::updates_since(&ctx.pool, &room.name, last).await
+    };
+    match fetched {
         Ok(rows) => {
             // A pruned history starts with the checkpoint row, whatever its sequence.
             let rows: Vec<db::LogRow> = rows
                 .into_iter()
                 .filter(|r| r.seq > last || r.origin.as_deref() == Some("checkpoint"))
                 .collect();
+            if rows.is_empty() && last > 0 {
+                // Nothing new. A log that ends before what this room delivered means that the
+                // document was deleted (and maybe written anew) and the `deleted` notification
+                // was lost (a listener outage): the clients hold a document that is gone.
+                if let Ok(head) = db::head_seq(&ctx.pool, &room.name).await {
+                    if head < last {
+                        tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
+                        room.kick_all(Error::Deleted);
+                        return 0;
+                    }
+                }
+            }
             let new_last = rows.iter().map(|r| r.seq).fold(last, i64::max);
             // Before delivering (see `Room::delivered`); the rows are committed, so any read
             // that starts from here on includes them.
@@ -684,6 +718,13 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
                 send_update(room, ctx, update, origin.as_deref());
             }
             new_last
+        }
+        // The log ends before what this room delivered: the document was deleted (and maybe
+        // written anew) and the `deleted` notification was lost. Retrying cannot help.
+        Err(Error::UpdateRejected(e)) => {
+            tracing::info!(doc = %room.name, "log behind the room ({e}): document was deleted");
+            room.kick_all(Error::Deleted);
+            0
         }
         Err(e) => {
             tracing::warn!(doc = %room.name, "catching up failed: {e}; retrying");

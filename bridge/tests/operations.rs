@@ -212,3 +212,33 @@ async fn metrics_can_live_on_a_separate_admin_address() {
     let r = http(b.addr, "GET", "/healthz", &[], &[]).await.unwrap();
     assert!(r.header("x-request-id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_missed_while_the_listener_was_down_does_not_leave_the_room_stuck() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &[]).await;
+    let t = writer_token();
+    let c = YClient::connect(&b.ws_url("phoenix"), Some(&t)).await;
+    c.wait_synced().await;
+    for s in ["a", "b", "c", "d", "e"] {
+        pg.insert_text("phoenix", 0, s).await;
+    }
+    c.wait_text("edcba").await;
+    let db = pg.client().await;
+    // Kill the LISTEN backend, then delete the document and write it anew before it is back:
+    // the `deleted` notification is lost, and the new log is shorter than what the room saw.
+    db.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'collab-bridge-listener a'; \
+         SELECT collab.delete_document('phoenix'); \
+         SELECT collab.insert_text('phoenix', 'content', 0, 'new');",
+    )
+    .await
+    .unwrap();
+    // The client holds the old document: it is told the document was deleted.
+    let (code, _) = c.wait_close().await;
+    assert_eq!(code, 4410);
+    // And a fresh connection gets the new document.
+    let fresh = YClient::connect(&b.ws_url("phoenix"), Some(&t)).await;
+    fresh.wait_text("new").await;
+}

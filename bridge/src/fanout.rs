@@ -624,13 +624,20 @@ async fn handle_event(
             origin,
             update,
         } => {
-            if seq_from == 1 && last >= 1 {
-                // Sequences start again at 1: the document was deleted and written anew, and
-                // the `deleted` notification was lost. The clients hold the old document.
-                room.kick_all(Error::Deleted);
-                return 0;
-            }
             if seq_to <= last {
+                // Usually a notification from before the room opened. But if sequences start
+                // again at 1, the document may have been deleted and written anew with its
+                // `deleted` notification lost: then the log ends before what the room
+                // delivered, and the clients hold a document that is gone.
+                if seq_from == 1 {
+                    if let Ok(head) = db::head_seq(&ctx.pool, &room.name).await {
+                        if head < last {
+                            tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
+                            room.kick_all(Error::Deleted);
+                            return 0;
+                        }
+                    }
+                }
                 return last;
             }
             match update {

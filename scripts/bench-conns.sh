@@ -60,4 +60,10 @@ for _ in 1 2 3 4 5 6 7; do
 done
 say "document: $("${psql[@]}" -Atc "SELECT pg_size_pretty(octet_length(collab.state('big'))::bigint)")"
 start_bridge
+# The light room twice: inside the storm's client process (starved along with it) and from a
+# process of its own, running through the storm.
+conns light --light light-apart --seconds 12 &
+apart=$!
+sleep 1
 conns storm --doc big --clients "$clients" --light light
+wait "$apart"

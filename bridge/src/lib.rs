@@ -171,8 +171,8 @@ impl AppState {
     pub fn try_conn_slot(&self) -> Option<ConnSlot> {
         let before = self.metrics.connections.fetch_add(1, Relaxed);
         if before >= self.cfg.max_connections as u64 {
+            // Counted as refused where the connection is turned away (ws.rs).
             self.metrics.connections.fetch_sub(1, Relaxed);
-            self.metrics.connections_refused.fetch_add(1, Relaxed);
             return None;
         }
         self.metrics.connections_total.fetch_add(1, Relaxed);

@@ -6,6 +6,8 @@
 //! Usage:
 //!   conns idle  --url WS_BASE [--token T] --pid PID --conns N [--docs D]
 //!   conns storm --url WS_BASE [--token T] --pid PID --doc NAME --clients N [--light NAME]
+//!   conns light --url WS_BASE [--token T] --pid PID --light NAME --seconds S
+//! (`light` alone: the light room from a process of its own, e.g. next to a storm.)
 //! (WS_BASE as for `new WebsocketProvider(url, room)`; the room is appended after a `/`.)
 //! Prints one JSON line per measurement.
 
@@ -32,6 +34,7 @@ struct Args {
     docs: usize,
     doc: String,
     light: String,
+    seconds: usize,
 }
 
 fn usage() -> ! {
@@ -54,6 +57,7 @@ fn args() -> Args {
         docs: 100,
         doc: "big".into(),
         light: "light".into(),
+        seconds: 10,
     };
     while let Some(k) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -66,6 +70,7 @@ fn args() -> Args {
             "--docs" => a.docs = num().max(1),
             "--doc" => a.doc = v.clone(),
             "--light" => a.light = v.clone(),
+            "--seconds" => a.seconds = num(),
             _ => usage(),
         }
     }
@@ -324,12 +329,32 @@ async fn storm(a: Args) {
     println!("{{\"measure\":\"after_storm\",\"rss_kib\":{rss2}}}");
 }
 
+/// The light room alone for `--seconds`.
+async fn light(a: Args) {
+    let a = Arc::new(a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let room = tokio::spawn(light_room(a.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(a.seconds as u64)).await;
+    stop.store(true, Relaxed);
+    let mut lat = room.await.unwrap_or_default();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{{\"measure\":\"light\",\"seconds\":{},\"samples\":{},\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"max_ms\":{:.1}}}",
+        a.seconds,
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0),
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
     match a.mode.as_str() {
         "idle" => idle(a).await,
         "storm" => storm(a).await,
+        "light" => light(a).await,
         _ => usage(),
     }
 }

@@ -24,7 +24,8 @@ one() { # lanes
     postmaster="$(head -1 "$dir/data/postmaster.pid")"
     bport="$(free_port)"
     "$CARGO_TARGET_DIR/release/collab-bridge" --listen "127.0.0.1:$bport" --database-url "$url" \
-        --jwt-secret "$secret" --allow-query-token --log warn --write-lanes "$1" >/dev/null &
+        --jwt-secret "$secret" --allow-query-token --log warn --write-lanes "$1" \
+        --max-connections-per-subject 0 --connect-rate 0 >/dev/null &
     bridge=$!
     sleep 2
     printf 'lanes=%s:' "$1"

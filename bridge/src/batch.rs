@@ -21,12 +21,17 @@
 //! When a transaction fails for a reason other than the database being unavailable (one bad
 //! update aborts all of it), its documents are retried one per transaction, and a refused batch
 //! of one document one update at a time, so that only the bad update fails.
+//!
+//! Lanes wait at most `--write-lock-timeout-ms` for a document's row lock. A document whose row
+//! an application keeps locked longer is *set aside*: a separate task keeps trying to write it
+//! (and whatever arrives for it meanwhile, in order), while the lane goes on committing the
+//! other documents without it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::oneshot;
@@ -56,6 +61,8 @@ struct LaneQueue {
     docs: HashMap<String, Vec<Item>>,
     /// Whether a writer task is running for this lane.
     running: bool,
+    /// Documents whose row stayed locked: written apart, skipped by the lane.
+    set_aside: HashSet<String>,
     /// The lane's connection while no writer runs: kept, so that its backend's cache of decoded
     /// documents stays current for the lane's documents (a pooled connection taken afresh would
     /// be any backend, one that has to catch up with the log or load the document again).
@@ -73,6 +80,15 @@ struct Inner {
     tracker: TaskTracker,
 }
 
+/// How the write lanes work.
+pub struct LaneConfig {
+    pub lanes: usize,
+    /// `collab.cache_documents` of each lane's backend.
+    pub cache_documents: u32,
+    /// `lock_timeout` of each lane's transactions.
+    pub lock_timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct Batcher {
     inner: Arc<Inner>,
@@ -81,8 +97,7 @@ pub struct Batcher {
 impl Batcher {
     pub fn new(
         pool: Pool,
-        lanes: usize,
-        cache_documents: u32,
+        lanes: LaneConfig,
         metrics: Arc<Metrics>,
         lag: Arc<LagTracker>,
         bridge_id: &str,
@@ -94,8 +109,12 @@ impl Batcher {
                 metrics,
                 lag,
                 mixed_origin: format!("{bridge_id}/*"),
-                setup: format!("SET collab.cache_documents = {cache_documents}"),
-                lanes: (0..lanes.max(1)).map(|_| Mutex::default()).collect(),
+                setup: format!(
+                    "SET collab.cache_documents = {}; SET lock_timeout = {}",
+                    lanes.cache_documents,
+                    lanes.lock_timeout.as_millis()
+                ),
+                lanes: (0..lanes.lanes.max(1)).map(|_| Mutex::default()).collect(),
                 tracker,
             }),
         }
@@ -123,15 +142,19 @@ impl Batcher {
                 queue.docs.insert(doc.to_string(), vec![item]);
             }
         }
-        if !queue.running {
-            queue.running = true;
-            let inner = self.inner.clone();
-            self.inner
-                .tracker
-                .spawn(async move { writer(inner, lane).await });
+        if !queue.running && !queue.set_aside.contains(doc) {
+            start_writer(&self.inner, &mut queue, lane);
         }
         rx
     }
+}
+
+fn start_writer(inner: &Arc<Inner>, queue: &mut LaneQueue, lane: usize) {
+    queue.running = true;
+    let inner2 = inner.clone();
+    inner
+        .tracker
+        .spawn(async move { writer(inner2, lane).await });
 }
 
 fn lane_of(doc: &str, lanes: usize) -> usize {
@@ -154,22 +177,92 @@ async fn writer(inner: Arc<Inner>, lane: usize) {
     loop {
         let group = {
             let mut queue = lock(&inner.lanes[lane]);
-            if queue.docs.is_empty() {
+            let queue = &mut *queue;
+            let group = take_group(&mut queue.docs, &queue.set_aside, &inner.mixed_origin);
+            if group.is_empty() {
                 queue.running = false;
                 queue.conn = conn;
                 return;
             }
-            take_group(&mut queue.docs, &inner.mixed_origin)
+            group
         };
-        commit_group(&inner, &mut conn, group).await;
+        for b in commit_group(&inner, &mut conn, group).await {
+            set_aside(&inner, lane, b);
+        }
+    }
+}
+
+/// A document whose row stayed locked: written by its own task until the lock is gone, with
+/// whatever arrives for it meanwhile; then it goes back to the lane.
+fn set_aside(inner: &Arc<Inner>, lane: usize, b: DocBatch) {
+    inner.metrics.lane_set_aside.fetch_add(1, Relaxed);
+    tracing::info!(
+        doc = b.doc,
+        "document row locked elsewhere: writing it apart"
+    );
+    lock(&inner.lanes[lane]).set_aside.insert(b.doc.clone());
+    let inner2 = inner.clone();
+    inner
+        .tracker
+        .spawn(async move { write_apart(inner2, lane, b).await });
+}
+
+const APART_RETRY: Duration = Duration::from_millis(200);
+
+async fn write_apart(inner: Arc<Inner>, lane: usize, mut b: DocBatch) {
+    let mut conn: Option<Object> = None;
+    let doc = b.doc.clone();
+    loop {
+        if let Some(back) = retry_doc(&inner, &mut conn, b, None).await {
+            // Still locked: try again (each attempt waits the lane's lock timeout).
+            b = back;
+            if b.items.iter().all(|i| i.done.is_closed()) {
+                // Every writer is gone: nobody waits for these; the client resends on reconnect.
+                b.items.clear();
+            } else {
+                tokio::time::sleep(APART_RETRY).await;
+                continue;
+            }
+        }
+        let mut queue = lock(&inner.lanes[lane]);
+        match queue.docs.remove(&doc) {
+            Some(items) if !items.is_empty() => {
+                let origin = batch_origin(&items, &inner.mixed_origin);
+                b = DocBatch {
+                    doc: doc.clone(),
+                    items,
+                    origin,
+                };
+            }
+            _ => {
+                queue.set_aside.remove(&doc);
+                if !queue.docs.is_empty() && !queue.running {
+                    start_writer(&inner, &mut queue, lane);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The origin of a document's batch: its writers' when they are one connection.
+fn batch_origin(items: &[Item], mixed_origin: &str) -> String {
+    match items.first() {
+        Some(first) if items.iter().all(|i| i.origin == first.origin) => first.origin.clone(),
+        _ => mixed_origin.to_string(),
     }
 }
 
 /// Takes whole documents off the queue, oldest waiting first, up to the transaction limits;
 /// returns them sorted by name.
-fn take_group(docs: &mut HashMap<String, Vec<Item>>, mixed_origin: &str) -> Vec<DocBatch> {
+fn take_group(
+    docs: &mut HashMap<String, Vec<Item>>,
+    set_aside: &HashSet<String>,
+    mixed_origin: &str,
+) -> Vec<DocBatch> {
     let mut waiting: Vec<(Instant, String)> = docs
         .iter()
+        .filter(|(doc, _)| !set_aside.contains(*doc))
         .filter_map(|(doc, items)| Some((items.first()?.queued, doc.clone())))
         .collect();
     waiting.sort_unstable();
@@ -187,12 +280,7 @@ fn take_group(docs: &mut HashMap<String, Vec<Item>>, mixed_origin: &str) -> Vec<
         updates += n;
         bytes += b;
         if let Some(items) = docs.remove(&doc) {
-            let origin = match items.first() {
-                Some(first) if items.iter().all(|i| i.origin == first.origin) => {
-                    first.origin.clone()
-                }
-                _ => mixed_origin.to_string(),
-            };
+            let origin = batch_origin(&items, mixed_origin);
             group.push(DocBatch { doc, items, origin });
         }
     }
@@ -217,7 +305,12 @@ async fn connection<'a>(inner: &Inner, conn: &'a mut Option<Object>) -> Result<&
         .ok_or_else(|| Error::Internal("no connection".into()))
 }
 
-async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBatch>) {
+/// Commits a group; returns the documents to set aside (their row stayed locked).
+async fn commit_group(
+    inner: &Inner,
+    conn: &mut Option<Object>,
+    group: Vec<DocBatch>,
+) -> Vec<DocBatch> {
     let started = Instant::now();
     for b in &group {
         for i in &b.items {
@@ -246,6 +339,7 @@ async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBa
                 };
                 stored(inner, &b.doc, b.items, last, started, finished);
             }
+            Vec::new()
         }
         Err(e @ Error::Unavailable(_)) => {
             tracing::warn!("write of {} documents failed: {e}", group.len());
@@ -255,6 +349,7 @@ async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBa
                     let _ = item.done.send(Err(e.clone()));
                 }
             }
+            Vec::new()
         }
         Err(e) => {
             if group.len() > 1 {
@@ -265,15 +360,23 @@ async fn commit_group(inner: &Inner, conn: &mut Option<Object>, group: Vec<DocBa
             }
             // Alone, a document's own error is known; in a group it may be another's.
             let known = (group.len() == 1).then_some(e);
+            let mut aside = Vec::new();
             for b in group {
-                retry_doc(inner, conn, b, known.clone()).await;
+                aside.extend(retry_doc(inner, conn, b, known.clone()).await);
             }
+            aside
         }
     }
 }
 
 /// After a failed transaction: the document's batch alone, then (if refused) update by update.
-async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, known: Option<Error>) {
+/// A batch whose row stayed locked comes back (nothing of it was stored).
+async fn retry_doc(
+    inner: &Inner,
+    conn: &mut Option<Object>,
+    b: DocBatch,
+    known: Option<Error>,
+) -> Option<DocBatch> {
     let started = Instant::now();
     let alone = match known {
         Some(e) => Err(e),
@@ -284,6 +387,7 @@ async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, known:
             let finished = note_transaction(inner, 1, started);
             stored(inner, &b.doc, b.items, last, started, finished);
         }
+        Err(Error::Locked(_)) => return Some(b),
         Err(e) if e.is_client_data() && b.items.len() > 1 => {
             tracing::debug!(
                 doc = b.doc,
@@ -320,6 +424,7 @@ async fn retry_doc(inner: &Inner, conn: &mut Option<Object>, b: DocBatch, known:
             }
         }
     }
+    None
 }
 
 /// Records a committed transaction of `docs` documents; returns when it was seen to end.
@@ -427,7 +532,7 @@ mod tests {
         docs.insert("b".to_string(), vec![item(b"1", "x/1"), item(b"2", "x/2")]);
         docs.insert("a".to_string(), vec![item(b"3", "x/1")]);
         docs.insert("c".to_string(), vec![]);
-        let group = take_group(&mut docs, "x/*");
+        let group = take_group(&mut docs, &HashSet::new(), "x/*");
         assert!(docs.is_empty());
         let names: Vec<_> = group
             .iter()
@@ -442,12 +547,25 @@ mod tests {
         let many: Vec<Item> = (0..MAX_TXN_UPDATES + 1).map(|_| item(b"u", "o")).collect();
         docs.insert("a".to_string(), many);
         docs.insert("b".to_string(), vec![item(b"u", "o")]);
-        let group = take_group(&mut docs, "*");
+        let group = take_group(&mut docs, &HashSet::new(), "*");
         assert_eq!(group.len(), 1);
         assert_eq!(group[0].doc, "a");
         assert_eq!(docs.len(), 1);
-        let group = take_group(&mut docs, "*");
+        let group = take_group(&mut docs, &HashSet::new(), "*");
         assert_eq!(group[0].doc, "b");
+    }
+
+    #[test]
+    fn documents_set_aside_are_left_in_the_queue() {
+        let mut docs = HashMap::new();
+        docs.insert("locked".to_string(), vec![item(b"1", "o")]);
+        docs.insert("free".to_string(), vec![item(b"2", "o")]);
+        let aside = HashSet::from(["locked".to_string()]);
+        let group = take_group(&mut docs, &aside, "*");
+        assert_eq!(group.len(), 1);
+        assert_eq!(group[0].doc, "free");
+        assert!(docs.contains_key("locked"));
+        assert!(take_group(&mut docs, &aside, "*").is_empty());
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum Error {
     ShuttingDown,
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A document row stayed locked (by another transaction) past the lock timeout.
+    #[error("document locked: {0}")]
+    Locked(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -77,6 +80,7 @@ impl Error {
             Error::Idle(_) => "idle",
             Error::ShuttingDown => "shutting_down",
             Error::Unavailable(_) => "unavailable",
+            Error::Locked(_) => "locked",
             Error::Internal(_) => "internal",
         }
     }
@@ -96,7 +100,9 @@ impl Error {
             Error::Busy(_) | Error::TooSlow => StatusCode::TOO_MANY_REQUESTS,
             Error::Deleted | Error::HistoryPruned(_) => StatusCode::GONE,
             Error::Idle(_) => StatusCode::REQUEST_TIMEOUT,
-            Error::ShuttingDown | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::ShuttingDown | Error::Unavailable(_) | Error::Locked(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,13 +124,25 @@ impl Error {
             Error::HistoryPruned(_) => 1008,
             Error::Idle(_) => 1001,
             Error::ShuttingDown => 1012,
-            Error::Unavailable(_) | Error::Internal(_) => 1011,
+            Error::Unavailable(_) | Error::Internal(_) | Error::Locked(_) => 1011,
         }
     }
 
-    /// Close reason: the message, cut to the 123 bytes a close frame allows.
+    /// Close reason: the public message, cut to the 123 bytes a close frame allows.
     pub fn close_reason(&self) -> String {
-        truncate_utf8(&self.to_string(), 123)
+        truncate_utf8(&self.public_message(), 123)
+    }
+
+    /// What a client is told: server-side faults (database, internals) say only what kind of
+    /// fault it was, never the database's text (it may carry SQL, names or settings); those
+    /// details go to the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Unavailable(_) => "database unavailable".into(),
+            Error::Internal(_) => "internal error".into(),
+            Error::Locked(_) => "document locked, try again later".into(),
+            other => other.to_string(),
+        }
     }
 
     /// Whether the fault lies with a client's data (as opposed to the server or the database).
@@ -164,6 +182,9 @@ impl From<tokio_postgres::Error> for Error {
             // pg_collab: the bridge's role lacks the right / the document was deleted.
             "42501" => Error::Forbidden(msg),
             "42704" => Error::Deleted,
+            "55P03" => Error::Locked(msg),
+            // statement_timeout: nothing was stored, the client may try again.
+            "57014" => Error::Unavailable(msg),
             code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
                 Error::Unavailable(msg)
             }
@@ -187,7 +208,7 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::warn!(code = self.code(), "request failed: {self}");
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
         let mut resp = (status, axum::Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -211,5 +232,14 @@ mod tests {
         let r = e.close_reason();
         assert!(r.len() <= 123);
         assert!(r.starts_with("malformed message: "));
+    }
+
+    #[test]
+    fn server_faults_keep_database_text_to_the_log() {
+        let e = Error::Internal("42P01: relation \"collab.secret\" does not exist".into());
+        assert_eq!(e.close_reason(), "internal error");
+        assert!(!e.public_message().contains("collab"));
+        let e = Error::Unavailable("FATAL: password authentication failed for user x".into());
+        assert_eq!(e.public_message(), "database unavailable");
     }
 }

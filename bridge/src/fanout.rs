@@ -4,13 +4,23 @@
 //! Each room tracks the last sequence it delivered. An update notification that follows on
 //! directly and carries its update inline is sent as is; anything else (a gap, a batch too large
 //! to inline, a listener reconnect, a dropped event) makes the room fetch
-//! `collab.updates_since(last)`. Each connection has a bounded send queue; one that is full gets
-//! the connection closed (too slow). Nothing is echoed to the connection that wrote it: its
-//! origin (`<bridge-id>/<conn-id>`) is skipped. Awareness, unlike updates, goes to everyone.
+//! `collab.updates_since(last)`. Each connection has a send queue bounded in bytes; one that is
+//! over its budget gets the connection closed (too slow). Nothing is echoed to the connection
+//! that wrote it: its origin (`<bridge-id>/<conn-id>`) is skipped. Awareness, unlike updates,
+//! goes to everyone.
+//!
+//! A room also shares work between its connections: expensive reads (the whole-document diff
+//! answering a sync step 1, the state vector) run once for every connection that asks for the
+//! same thing at the same time (single flight), and the awareness changes of this bridge's
+//! connections are coalesced into one `collab.broadcast` per short interval. Awareness client
+//! ids belong to the connection that introduced them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use axum::body::Bytes;
 use deadpool_postgres::Pool;
@@ -27,6 +37,8 @@ use yrs::sync::awareness::AwarenessUpdate;
 
 pub type ConnId = u64;
 
+/// Catch-up fetches (`collab.updates_since`) running at once across the bridge.
+const CATCHUP_SLOTS: usize = 4;
 /// Events queued for one room before the listener starts dropping (and the room catches up).
 const ROOM_QUEUE: usize = 1024;
 /// Awareness states not renewed for this long are not handed to new connections (y-protocols
@@ -50,7 +62,13 @@ pub struct ConnHandle {
     pub id: ConnId,
     /// `<bridge-id>/<conn-id>`: the origin of this connection's writes and broadcasts.
     pub origin: String,
+    /// The token's `sub`.
+    pub subject: Arc<str>,
     pub tx: mpsc::Sender<Frame>,
+    /// Bytes queued for the writer and not yet written.
+    pub queued: Arc<AtomicUsize>,
+    /// Most bytes `queued` may hold (a single larger frame passes when nothing is queued).
+    pub budget: usize,
     pub kick: CancellationToken,
     pub kick_reason: Arc<Mutex<Option<Error>>>,
 }
@@ -71,19 +89,40 @@ impl ConnHandle {
     }
 
     fn send_since(&self, bytes: Bytes, since: Option<Instant>, metrics: &Metrics) -> bool {
+        if self.kick.is_cancelled() {
+            return false;
+        }
+        let len = bytes.len();
+        // Reserve the bytes first: the budget holds however many tasks send at once.
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q.saturating_add(len) <= self.budget).then(|| q.saturating_add(len))
+            })
+            .is_ok();
+        if !reserved {
+            self.too_slow(metrics);
+            return false;
+        }
         match self.tx.try_send(Frame { bytes, since }) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kick.is_cancelled() {
-                    metrics
-                        .slow_clients
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.too_slow(metrics);
                 }
-                self.kick(Error::TooSlow);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    fn too_slow(&self, metrics: &Metrics) {
+        if !self.kick.is_cancelled() {
+            metrics
+                .slow_clients
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.kick(Error::TooSlow);
     }
 }
 
@@ -108,6 +147,30 @@ struct AwarenessState {
     seen: Instant,
 }
 
+/// A shared read in progress: when it started and the last sequence the room had delivered
+/// then. A connection may use a read that started after it joined, or one that started when
+/// the room had delivered just what it had when the connection joined (nothing was delivered
+/// in between, so nothing the connection missed can be missing from the read); otherwise it
+/// could miss an update delivered before it was listening.
+struct Flight {
+    started: Instant,
+    delivered: i64,
+    result: Shared<BoxFuture<'static, Result<Bytes>>>,
+}
+
+/// When a connection joined its room: the instant and the room's last delivered sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Joined {
+    pub at: Instant,
+    pub delivered: i64,
+}
+
+/// Which local connection introduced an awareness client id.
+struct AwarenessOwner {
+    conn: ConnId,
+    subject: Arc<str>,
+}
+
 pub struct Room {
     pub name: String,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
@@ -117,9 +180,106 @@ pub struct Room {
     ready: watch::Receiver<bool>,
     stop: CancellationToken,
     awareness: Mutex<HashMap<u64, AwarenessState>>,
+    owners: Mutex<HashMap<u64, AwarenessOwner>>,
+    /// Awareness entries of this bridge's connections not yet broadcast.
+    outbox: Mutex<HashMap<u64, (u32, Arc<str>)>>,
+    outbox_ready: Notify,
+    flights: Mutex<HashMap<Vec<u8>, Flight>>,
+    /// The last sequence handed to the connections (-1 until the room is ready), stored before
+    /// it is delivered, so that a connection joining concurrently either gets the update or
+    /// sees the new value.
+    delivered: AtomicI64,
 }
 
 impl Room {
+    /// The result of `read` for `key`, shared with every connection that asks for the same key
+    /// while it runs, provided it started after `joined` (when the asking connection joined).
+    pub async fn single_flight<F>(&self, key: Vec<u8>, joined: Joined, read: F) -> Result<Bytes>
+    where
+        F: FnOnce() -> BoxFuture<'static, Result<Bytes>>,
+    {
+        let (started, result) = {
+            let mut flights = lock(&self.flights);
+            match flights.get(&key) {
+                Some(f)
+                    if f.started >= joined.at
+                        || (joined.delivered >= 0 && f.delivered == joined.delivered) =>
+                {
+                    (f.started, f.result.clone())
+                }
+                _ => {
+                    let started = Instant::now();
+                    let delivered = self.delivered.load(Ordering::Acquire);
+                    let result = read().shared();
+                    flights.insert(
+                        key.clone(),
+                        Flight {
+                            started,
+                            delivered,
+                            result: result.clone(),
+                        },
+                    );
+                    (started, result)
+                }
+            }
+        };
+        let out = result.await;
+        let mut flights = lock(&self.flights);
+        if flights.get(&key).is_some_and(|f| f.started == started) {
+            flights.remove(&key);
+        }
+        out
+    }
+
+    /// Whether connection `conn` (of `subject`) may set or remove awareness client `client`,
+    /// claiming it if nobody here holds it. Another subject's live claim is refused; the same
+    /// subject may take a client id over (a page that reconnects keeps its Yjs client id, and
+    /// its old connection may not be gone yet).
+    pub fn claim_awareness(&self, client: u64, conn: ConnId, subject: &Arc<str>) -> bool {
+        let mut owners = lock(&self.owners);
+        match owners.get(&client) {
+            Some(o) if o.conn == conn => true,
+            Some(o) if o.subject != *subject && lock(&self.conns).contains_key(&o.conn) => false,
+            _ => {
+                owners.insert(
+                    client,
+                    AwarenessOwner {
+                        conn,
+                        subject: subject.clone(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Gives up a connection's awareness client ids and drops what of theirs is unsent.
+    pub fn release_awareness(&self, conn: ConnId, clients: &[u64]) {
+        let mut owners = lock(&self.owners);
+        let mut outbox = lock(&self.outbox);
+        for c in clients {
+            if owners.get(c).is_some_and(|o| o.conn == conn) {
+                owners.remove(c);
+            }
+            outbox.remove(c);
+        }
+    }
+
+    /// Queues awareness entries for the room's next coalesced broadcast.
+    pub fn queue_awareness(&self, entries: impl IntoIterator<Item = (u64, u32, Arc<str>)>) {
+        let mut outbox = lock(&self.outbox);
+        for (client, clock, json) in entries {
+            match outbox.get(&client) {
+                Some((c, _)) if *c > clock => {}
+                _ => {
+                    outbox.insert(client, (clock, json));
+                }
+            }
+        }
+        drop(outbox);
+        self.outbox_ready.notify_one();
+    }
+
     /// Waits until the room knows the document's head sequence (so that what a connection reads
     /// from the database afterwards and what the room delivers leave no gap between them).
     pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
@@ -220,6 +380,10 @@ impl Room {
 struct HubCtx {
     pool: Pool,
     metrics: Arc<Metrics>,
+    /// Origin of coalesced awareness broadcasts: the bridge id.
+    bridge_origin: String,
+    awareness_interval: Duration,
+    catchup_slots: tokio::sync::Semaphore,
 }
 
 /// All open rooms of this bridge.
@@ -236,17 +400,25 @@ impl Hub {
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
         cancel: CancellationToken,
+        bridge_id: &str,
+        awareness_interval: Duration,
     ) -> Self {
         Hub {
             rooms: Mutex::new(HashMap::new()),
-            ctx: Arc::new(HubCtx { pool, metrics }),
+            ctx: Arc::new(HubCtx {
+                pool,
+                metrics,
+                bridge_origin: bridge_id.to_string(),
+                awareness_interval,
+                catchup_slots: tokio::sync::Semaphore::new(CATCHUP_SLOTS),
+            }),
             tracker,
             cancel,
         }
     }
 
     /// Adds a connection to the room of `doc`, opening the room if needed.
-    pub fn join(&self, doc: &str, conn: ConnHandle) -> Arc<Room> {
+    pub fn join(&self, doc: &str, conn: ConnHandle) -> (Arc<Room>, Joined) {
         let mut rooms = lock(&self.rooms);
         let room = match rooms.get(doc) {
             Some(r) => r.clone(),
@@ -261,16 +433,30 @@ impl Hub {
                     ready,
                     stop: self.cancel.child_token(),
                     awareness: Mutex::new(HashMap::new()),
+                    owners: Mutex::new(HashMap::new()),
+                    outbox: Mutex::new(HashMap::new()),
+                    outbox_ready: Notify::new(),
+                    flights: Mutex::new(HashMap::new()),
+                    delivered: AtomicI64::new(-1),
                 });
                 rooms.insert(doc.to_string(), room.clone());
                 self.tracker
                     .spawn(run_room(room.clone(), rx, ready_tx, self.ctx.clone()));
+                self.tracker
+                    .spawn(flush_awareness(room.clone(), self.ctx.clone()));
                 room
             }
         };
-        lock(&room.conns).insert(conn.id, conn);
+        let joined = {
+            let mut conns = lock(&room.conns);
+            conns.insert(conn.id, conn);
+            Joined {
+                at: Instant::now(),
+                delivered: room.delivered.load(Ordering::Acquire),
+            }
+        };
         self.set_gauge(rooms.len());
-        room
+        (room, joined)
     }
 
     /// Removes a connection; the last one out closes the room.
@@ -314,11 +500,75 @@ impl Hub {
         }
     }
 
-    /// After the listener (re)connects: every room fetches what it may have missed.
-    pub fn catch_up_all(&self) {
+    /// Closes every connection whose subject is in `revoked` (4001).
+    pub fn kick_subjects(&self, revoked: &std::collections::HashSet<String>) -> usize {
+        let mut n = 0;
         for room in lock(&self.rooms).values() {
-            room.catchup.notify_one();
+            for c in lock(&room.conns).values() {
+                if revoked.contains(&*c.subject) {
+                    c.kick(Error::InvalidToken("revoked".into()));
+                    n += 1;
+                }
+            }
         }
+        n
+    }
+
+    /// After the listener (re)connects: every room fetches what it may have missed.
+    /// The rooms start at random moments spread over up to 2 s (5 ms per room), and fetch at
+    /// most [`CATCHUP_SLOTS`] at a time, so that a reconnect does not empty the pool.
+    pub fn catch_up_all(&self) {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let spread = Duration::from_millis(5 * rooms.len() as u64).min(Duration::from_secs(2));
+        for room in rooms {
+            let delay = spread.mul_f64(rand::random::<f64>());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                room.catchup.notify_one();
+            });
+        }
+    }
+}
+
+/// Sends the room's queued awareness as one `collab.broadcast` per interval (every bridge,
+/// this one included, relays it to its connections from the notification). The room's own
+/// departures (a closing connection's removals) are sent apart, right away.
+async fn flush_awareness(room: Arc<Room>, ctx: Arc<HubCtx>) {
+    loop {
+        tokio::select! {
+            _ = room.stop.cancelled() => return,
+            _ = room.outbox_ready.notified() => {}
+        }
+        // Collect what else arrives meanwhile: one broadcast per interval at most.
+        tokio::select! {
+            _ = room.stop.cancelled() => return,
+            _ = tokio::time::sleep(ctx.awareness_interval) => {}
+        }
+        let entries: Vec<(u64, u32, Arc<str>)> = lock(&room.outbox)
+            .drain()
+            .map(|(client, (clock, json))| (client, clock, json))
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let frame = protocol::awareness(entries);
+        publish_awareness(&ctx.pool, &room, &ctx.bridge_origin, &frame, &ctx.metrics).await;
+    }
+}
+
+/// Broadcasts an awareness frame to every bridge of the room.
+pub async fn publish_awareness(
+    pool: &Pool,
+    room: &Arc<Room>,
+    origin: &str,
+    frame: &[u8],
+    metrics: &Metrics,
+) {
+    match db::broadcast(pool, &room.name, frame, origin).await {
+        Ok(()) => {}
+        // Too big for a notification: at least this bridge's clients get it.
+        Err(Error::TooLarge(_)) => room.deliver_broadcast(frame, metrics),
+        Err(e) => tracing::debug!(doc = %room.name, "awareness not relayed: {e}"),
     }
 }
 
@@ -345,6 +595,7 @@ async fn run_room(
             }
         }
     };
+    room.delivered.store(last, Ordering::Release);
     let _ = ready.send(true);
     loop {
         tokio::select! {
@@ -374,10 +625,24 @@ async fn handle_event(
             update,
         } => {
             if seq_to <= last {
+                // Usually a notification from before the room opened. But if sequences start
+                // again at 1, the document may have been deleted and written anew with its
+                // `deleted` notification lost: then the log ends before what the room
+                // delivered, and the clients hold a document that is gone.
+                if seq_from == 1 {
+                    if let Ok(head) = db::head_seq(&ctx.pool, &room.name).await {
+                        if head < last {
+                            tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
+                            room.kick_all(Error::Deleted);
+                            return 0;
+                        }
+                    }
+                }
                 return last;
             }
             match update {
                 Some(update) if seq_from == last + 1 => {
+                    room.delivered.store(seq_to, Ordering::Release);
                     send_update_since(room, ctx, update, origin.as_deref(), Some(arrived));
                     seq_to
                 }
@@ -404,14 +669,33 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
     ctx.metrics
         .catchup_fetches
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match db::updates_since(&ctx.pool, &room.name, last).await {
+    let fetched = {
+        let _slot = ctx.catchup_slots.acquire().await;
+        db::updates_since(&ctx.pool, &room.name, last).await
+    };
+    match fetched {
         Ok(rows) => {
             // A pruned history starts with the checkpoint row, whatever its sequence.
             let rows: Vec<db::LogRow> = rows
                 .into_iter()
                 .filter(|r| r.seq > last || r.origin.as_deref() == Some("checkpoint"))
                 .collect();
+            if rows.is_empty() && last > 0 {
+                // Nothing new. A log that ends before what this room delivered means that the
+                // document was deleted (and maybe written anew) and the `deleted` notification
+                // was lost (a listener outage): the clients hold a document that is gone.
+                if let Ok(head) = db::head_seq(&ctx.pool, &room.name).await {
+                    if head < last {
+                        tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
+                        room.kick_all(Error::Deleted);
+                        return 0;
+                    }
+                }
+            }
             let new_last = rows.iter().map(|r| r.seq).fold(last, i64::max);
+            // Before delivering (see `Room::delivered`); the rows are committed, so any read
+            // that starts from here on includes them.
+            room.delivered.store(new_last, Ordering::Release);
             let (origins, updates): (Vec<Option<String>>, Vec<Vec<u8>>) =
                 rows.into_iter().map(|r| (r.origin, r.update)).unzip();
             let updates = if updates.len() > MERGE_ABOVE_ROWS {
@@ -441,6 +725,13 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
                 send_update(room, ctx, update, origin.as_deref());
             }
             new_last
+        }
+        // The log ends before what this room delivered: the document was deleted (and maybe
+        // written anew) and the `deleted` notification was lost. Retrying cannot help.
+        Err(Error::UpdateRejected(e)) => {
+            tracing::info!(doc = %room.name, "log behind the room ({e}): document was deleted");
+            room.kick_all(Error::Deleted);
+            0
         }
         Err(e) => {
             tracing::warn!(doc = %room.name, "catching up failed: {e}; retrying");
@@ -474,4 +765,45 @@ fn send_update_since(
     ctx.metrics
         .updates_out
         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(budget: usize) -> (ConnHandle, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(1000);
+        let h = ConnHandle {
+            id: 1,
+            origin: "b/1".into(),
+            subject: Arc::from("ada"),
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            budget,
+            kick: CancellationToken::new(),
+            kick_reason: Default::default(),
+        };
+        (h, rx)
+    }
+
+    #[test]
+    fn a_send_queue_never_holds_more_than_its_byte_budget() {
+        let m = Metrics::default();
+        let (h, _rx) = handle(100);
+        assert!(h.send(Bytes::from(vec![0; 60]), &m));
+        assert!(h.send(Bytes::from(vec![0; 40]), &m));
+        assert_eq!(h.queued.load(Ordering::Acquire), 100);
+        assert!(!h.send(Bytes::from(vec![0; 1]), &m), "over the budget");
+        assert!(h.kick.is_cancelled(), "and closed as too slow");
+        assert_eq!(h.queued.load(Ordering::Acquire), 100);
+        assert!(matches!(*lock(&h.kick_reason), Some(Error::TooSlow)));
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_budget_passes_an_empty_queue() {
+        let m = Metrics::default();
+        let (h, _rx) = handle(100);
+        assert!(h.send(Bytes::from(vec![0; 500]), &m), "a big first sync");
+        assert!(!h.send(Bytes::from(vec![0; 1]), &m));
+    }
 }

@@ -33,6 +33,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/dev/logout", post(dev_logout))
         .route("/api/{*rest}", axum::routing::any(unknown_api))
         .route("/healthz", get(healthz))
+        .layer(axum::middleware::map_response(no_store))
+}
+
+/// `/metrics`: on the main address, or alone on `--admin-listen`.
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
         .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(no_store))
 }
@@ -357,7 +363,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         )],
         st.metrics.render(),
     )

@@ -10,20 +10,25 @@ pub mod db;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;
+pub mod upgrade;
 pub mod ws;
 
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use deadpool_postgres::Pool;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
@@ -32,6 +37,7 @@ use crate::auth::Auth;
 use crate::batch::Batcher;
 use crate::config::Config;
 use crate::fanout::Hub;
+use crate::limits::{KeyedLimiter, Refusals, SubjectCounts};
 use crate::metrics::{LagTracker, Metrics};
 
 /// Everything the handlers and tasks share.
@@ -48,6 +54,16 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// Every connection, room, writer and the listener; waited for at shutdown.
     pub tracker: TaskTracker,
+    /// New connections per client address.
+    pub connect_rate: KeyedLimiter<IpAddr>,
+    /// Connections per token subject.
+    pub subjects: Arc<SubjectCounts>,
+    /// Subjects whose updates the database refused, and how long they wait.
+    pub refusals: Refusals,
+    /// Concurrent whole-document diffs (sync step 1 answers) across the bridge.
+    pub expensive_slots: Arc<Semaphore>,
+    /// Bytes of client updates waiting to be stored, across the bridge.
+    pub write_budget: Arc<Semaphore>,
     listener_pg: db::PgTarget,
     lag: Arc<LagTracker>,
     next_conn_id: AtomicU64,
@@ -91,19 +107,14 @@ impl AppState {
             ));
         }
         let ca_file = cfg.database_ca_file.as_deref();
-        let pool = db::pool(
-            db::pg_config(
-                &cfg.database_url,
-                ca_file,
-                &format!("collab-bridge {bridge_id}"),
-            )?,
-            cfg.pool_size,
-        )?;
-        let listener_pg = db::pg_config(
-            &cfg.database_url,
-            ca_file,
-            &format!("collab-bridge-listener {bridge_id}"),
-        )?;
+        let password = database_password(&cfg)?;
+        let target = |name: String| -> Result<db::PgTarget, String> {
+            let mut t = db::pg_config(&cfg.database_url, ca_file, &name)?;
+            session_settings(&mut t.config, &cfg, password.as_deref());
+            Ok(t)
+        };
+        let pool = db::pool(target(format!("collab-bridge {bridge_id}"))?, cfg.pool_size)?;
+        let listener_pg = target(format!("collab-bridge-listener {bridge_id}"))?;
         let metrics = Arc::new(Metrics::default());
         let lag = Arc::new(LagTracker::default());
         let cancel = CancellationToken::new();
@@ -113,16 +124,25 @@ impl AppState {
             metrics.clone(),
             tracker.clone(),
             cancel.clone(),
+            &bridge_id,
+            Duration::from_millis(cfg.awareness_interval_ms.max(1)),
         ));
         let batcher = Batcher::new(
             pool.clone(),
-            cfg.write_lanes,
-            cfg.write_cache_documents,
+            batch::LaneConfig {
+                lanes: cfg.write_lanes,
+                cache_documents: cfg.write_cache_documents,
+                lock_timeout: Duration::from_millis(cfg.write_lock_timeout_ms.max(1)),
+            },
             metrics.clone(),
             lag.clone(),
             &bridge_id,
             tracker.clone(),
         );
+        // Diffs may use the pool but for the lanes and one connection for everything else.
+        let diff_slots = cfg.pool_size.saturating_sub(cfg.write_lanes + 1).max(1);
+        let write_budget = cfg.write_budget_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let connect_rate = KeyedLimiter::new(cfg.connect_burst, cfg.connect_rate);
         Ok(AppState(Arc::new(Shared {
             cfg,
             bridge_id,
@@ -134,6 +154,11 @@ impl AppState {
             listener_alive: Arc::new(AtomicBool::new(false)),
             cancel,
             tracker,
+            connect_rate,
+            subjects: Arc::default(),
+            refusals: Refusals::default(),
+            expensive_slots: Arc::new(Semaphore::new(diff_slots)),
+            write_budget: Arc::new(Semaphore::new(write_budget)),
             listener_pg,
             lag,
             next_conn_id: AtomicU64::new(1),
@@ -148,8 +173,8 @@ impl AppState {
     pub fn try_conn_slot(&self) -> Option<ConnSlot> {
         let before = self.metrics.connections.fetch_add(1, Relaxed);
         if before >= self.cfg.max_connections as u64 {
+            // Counted as refused where the connection is turned away (ws.rs).
             self.metrics.connections.fetch_sub(1, Relaxed);
-            self.metrics.connections_refused.fetch_add(1, Relaxed);
             return None;
         }
         self.metrics.connections_total.fetch_add(1, Relaxed);
@@ -171,12 +196,64 @@ impl AppState {
     }
 }
 
+/// The database password from `--database-password-file` or `COLLAB_DATABASE_PASSWORD`
+/// (either overrides one in the URL).
+fn database_password(cfg: &Config) -> Result<Option<String>, String> {
+    match (&cfg.database_password, &cfg.database_password_file) {
+        (Some(_), Some(_)) => Err(
+            "give the database password either in COLLAB_DATABASE_PASSWORD or in \
+             --database-password-file, not both"
+                .into(),
+        ),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, Some(f)) => Ok(Some(config::read_secret_file(
+            f,
+            "--database-password-file",
+        )?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Settings of every database connection (pool, lanes, listener): timeouts so that no
+/// statement, lock wait or forgotten transaction holds a connection (or a row) forever, and TCP
+/// keepalive plus `tcp_user_timeout` so that a dead server or path is noticed within seconds.
+fn session_settings(pg: &mut tokio_postgres::Config, cfg: &Config, password: Option<&str>) {
+    if let Some(p) = password {
+        pg.password(p);
+    }
+    let ours = format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        cfg.statement_timeout_ms, cfg.lock_timeout_ms, cfg.idle_in_transaction_timeout_ms
+    );
+    // Options given in the URL come after ours, so they win.
+    let options = match pg.get_options() {
+        Some(theirs) if !theirs.is_empty() => format!("{ours} {theirs}"),
+        _ => ours,
+    };
+    pg.options(options);
+    let idle = Duration::from_secs(cfg.db_keepalive_secs.max(1));
+    pg.keepalives(true)
+        .keepalives_idle(idle)
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(idle + Duration::from_secs(15));
+}
+
 /// The HTTP and WebSocket routes; `--static-dir` (if it exists) is served for everything else,
 /// with its `index.html` for paths that are not files (the page routes `/d/<document>` itself).
 pub fn app(state: AppState) -> Router {
+    let mut api = http::routes();
+    if state.cfg.admin_listen.is_none() {
+        api = api.merge(http::admin_routes());
+    }
+    // Plain HTTP requests get a deadline; WebSocket upgrades answer at once and then live on.
+    let timeout = tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        Duration::from_secs(state.cfg.http_timeout_secs.max(1)),
+    );
     let mut router = Router::new()
         .route("/ws/{*doc}", get(ws::upgrade))
-        .merge(http::routes())
+        .merge(api.layer(timeout))
         .layer(DefaultBodyLimit::max(state.cfg.max_message_bytes));
     if let Some(dir) = state.cfg.static_dir.as_ref().filter(|d| d.is_dir()) {
         let files = ServeDir::new(dir)
@@ -190,7 +267,31 @@ pub fn app(state: AppState) -> Router {
                 .layer(axum::middleware::map_response(static_caching)),
         );
     }
-    router.with_state(state)
+    with_request_ids(router.with_state(state))
+}
+
+/// Every request gets an `x-request-id` (kept if the client or a proxy sent one), echoed in the
+/// response and carried by the request's tracing span.
+fn with_request_ids(router: Router) -> Router {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::TraceLayer;
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), id)
+    });
+    router
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The admin routes (`/metrics`) for `--admin-listen`.
+pub fn admin_app(state: AppState) -> Router {
+    http::admin_routes().with_state(state)
 }
 
 /// Bundler output under `/assets/` has content-hashed names, so it never changes: cache it for a
@@ -209,6 +310,55 @@ async fn static_caching(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static(value));
     resp
+}
+
+/// Re-reads the key and revocation files on SIGHUP and when one changes (checked every 2 s),
+/// and closes the connections of subjects that are now revoked.
+fn spawn_reloader(state: &AppState) {
+    let files = state.auth.watched_files();
+    if files.is_empty() {
+        return;
+    }
+    let st = state.clone();
+    let stamp = move || -> Vec<Option<SystemTime>> {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    state.tracker.spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut seen = stamp();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            let forced = tokio::select! {
+                _ = st.cancel.cancelled() => return,
+                _ = hangup => true,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            };
+            let now = stamp();
+            if !forced && now == seen {
+                continue;
+            }
+            seen = now;
+            let revoked = st.auth.reload();
+            let closed = st.hub.kick_subjects(&revoked);
+            if closed > 0 {
+                tracing::info!(closed, "closed connections of revoked subjects");
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {
@@ -268,8 +418,28 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let tcp = axum::serve::ListenerExt::tap_io(tcp, |io| {
         let _ = io.set_nodelay(true);
     });
-    let server = axum::serve(tcp, app(state.clone()))
-        .with_graceful_shutdown(state.cancel.clone().cancelled_owned());
+    if let Some(admin) = state.cfg.admin_listen {
+        let admin_tcp = tokio::net::TcpListener::bind(admin)
+            .await
+            .map_err(|e| format!("cannot listen on {admin} (--admin-listen): {e}"))?;
+        tracing::info!(
+            "metrics on http://{}/metrics",
+            admin_tcp.local_addr().map_err(|e| e.to_string())?
+        );
+        let admin_app = admin_app(state.clone());
+        let stop = state.cancel.clone();
+        state.tracker.spawn(async move {
+            let _ = axum::serve(admin_tcp, admin_app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+    }
+    spawn_reloader(&state);
+    let server = axum::serve(
+        tcp,
+        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(state.cancel.clone().cancelled_owned());
     let served = server.await.map_err(|e| e.to_string());
     state.cancel.cancel();
     tracker.close();

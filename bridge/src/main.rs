@@ -7,6 +7,11 @@ use clap::Parser;
 use collab_bridge::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc (with its background thread purging) gives memory back to the system once it is
+/// free; glibc's malloc kept the high-water mark of a spike of connections (bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cfg = Config::parse();

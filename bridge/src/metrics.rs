@@ -1,53 +1,37 @@
-//! Counters, gauges and histograms, rendered by hand in the Prometheus text exposition format.
+//! Counters, gauges and histograms, exposed with `prometheus-client` (OpenMetrics text).
+//!
+//! Counters and gauges stay plain atomics where they are counted (no registry handles threaded
+//! through the code); a [`Collector`] reads them at each scrape. Histograms are the library's.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A fixed-bucket histogram with atomic counts; the sum is kept in micro-units.
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// A fixed-bucket histogram (prometheus-client's).
+#[derive(Debug)]
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
+        Histogram(prometheus_client::metrics::histogram::Histogram::new(
+            bounds.iter().copied(),
+        ))
     }
 
     pub fn observe(&self, v: f64) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if v <= *b {
-                c.fetch_add(1, Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add((v.max(0.0) * 1e6).round() as u64, Relaxed);
+        self.0.observe(v);
     }
 
     pub fn observe_duration(&self, d: Duration) {
         self.observe(d.as_secs_f64());
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
     }
 }
 
@@ -60,6 +44,7 @@ const FINE_SECONDS: &[f64] = &[
 ];
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+#[derive(Debug)]
 pub struct Metrics {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
@@ -70,6 +55,10 @@ pub struct Metrics {
     pub updates_rejected: AtomicU64,
     pub updates_out: AtomicU64,
     pub awareness_in: AtomicU64,
+    pub awareness_dropped: AtomicU64,
+    pub expensive_delayed: AtomicU64,
+    pub write_budget_waits: AtomicU64,
+    pub lane_set_aside: AtomicU64,
     pub notifications: AtomicU64,
     pub notifications_rejected: AtomicU64,
     pub catchup_fetches: AtomicU64,
@@ -96,6 +85,10 @@ impl Default for Metrics {
             updates_rejected: AtomicU64::new(0),
             updates_out: AtomicU64::new(0),
             awareness_in: AtomicU64::new(0),
+            awareness_dropped: AtomicU64::new(0),
+            expensive_delayed: AtomicU64::new(0),
+            write_budget_waits: AtomicU64::new(0),
+            lane_set_aside: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             notifications_rejected: AtomicU64::new(0),
             catchup_fetches: AtomicU64::new(0),
@@ -113,136 +106,188 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut scalar = |name: &str, kind: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Relaxed)
-            );
-        };
-        scalar(
+    /// The OpenMetrics text of every metric.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(self.clone())));
+        let mut out = String::with_capacity(8192);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Reads the metrics at a scrape.
+#[derive(Debug)]
+struct Scrape(Arc<Metrics>);
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: &AtomicU64,
+) -> std::fmt::Result {
+    let c = ConstCounter::new(v.load(Relaxed));
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    v: &AtomicU64,
+) -> std::fmt::Result {
+    let g = ConstGauge::new(i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX));
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &Histogram,
+) -> std::fmt::Result {
+    h.0.encode(enc.encode_descriptor(name, help, None, MetricType::Histogram)?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let m = &self.0;
+        gauge(
+            &mut enc,
             "collab_bridge_connections",
-            "gauge",
             "Open WebSocket connections.",
-            &self.connections,
-        );
-        scalar(
-            "collab_bridge_connections_total",
-            "counter",
+            &m.connections,
+        )?;
+        // As collab_bridge_connections_accepted_total: OpenMetrics allows one family per name,
+        // and collab_bridge_connections is the gauge.
+        counter(
+            &mut enc,
+            "collab_bridge_connections_accepted",
             "WebSocket connections accepted.",
-            &self.connections_total,
-        );
-        scalar(
-            "collab_bridge_connections_refused_total",
-            "counter",
-            "WebSocket connections refused for being over --max-connections.",
-            &self.connections_refused,
-        );
-        scalar(
-            "collab_bridge_slow_clients_total",
-            "counter",
-            "Connections closed because their send queue was full.",
-            &self.slow_clients,
-        );
-        scalar(
+            &m.connections_total,
+        )?;
+        counter(&mut enc, "collab_bridge_connections_refused", "WebSocket connections refused by a limit (--max-connections, per subject, connect rate, refusal back-off).", &m.connections_refused)?;
+        counter(
+            &mut enc,
+            "collab_bridge_slow_clients",
+            "Connections closed because their send queue was over its byte budget.",
+            &m.slow_clients,
+        )?;
+        gauge(
+            &mut enc,
             "collab_bridge_open_documents",
-            "gauge",
             "Documents with at least one connection on this bridge.",
-            &self.open_documents,
-        );
-        scalar(
-            "collab_bridge_updates_in_total",
-            "counter",
+            &m.open_documents,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_updates_in",
             "Client updates stored.",
-            &self.updates_in,
-        );
-        scalar(
-            "collab_bridge_updates_rejected_total",
-            "counter",
+            &m.updates_in,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_updates_rejected",
             "Client updates refused (malformed, not integrable, too large or read-only).",
-            &self.updates_rejected,
-        );
-        scalar(
-            "collab_bridge_updates_out_total",
-            "counter",
+            &m.updates_rejected,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_updates_out",
             "Update messages sent to clients.",
-            &self.updates_out,
-        );
-        scalar(
-            "collab_bridge_awareness_in_total",
-            "counter",
+            &m.updates_out,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_awareness_in",
             "Awareness messages received from clients.",
-            &self.awareness_in,
-        );
-        scalar(
-            "collab_bridge_notifications_total",
-            "counter",
+            &m.awareness_in,
+        )?;
+        counter(&mut enc, "collab_bridge_awareness_dropped", "Awareness messages or entries dropped (over the rate, or a client id of another user).", &m.awareness_dropped)?;
+        counter(
+            &mut enc,
+            "collab_bridge_expensive_delayed",
+            "Sync step 1 or awareness queries held back by their connection's rate.",
+            &m.expensive_delayed,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_write_budget_waits",
+            "Updates that waited for room in the global budget of updates being stored.",
+            &m.write_budget_waits,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_lane_set_aside",
+            "Documents a write lane set aside because their row stayed locked.",
+            &m.lane_set_aside,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_notifications",
             "Notifications received on channel collab.",
-            &self.notifications,
-        );
-        scalar(
-            "collab_bridge_notifications_rejected_total",
-            "counter",
+            &m.notifications,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_notifications_rejected",
             "Notifications dropped: not sealed with a notification key (forged or damaged), \
              broadcasts too old, deletions the database does not confirm.",
-            &self.notifications_rejected,
-        );
-        scalar(
-            "collab_bridge_catchup_fetches_total",
-            "counter",
+            &m.notifications_rejected,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_catchup_fetches",
             "collab.updates_since calls (gaps, large batches, listener reconnects).",
-            &self.catchup_fetches,
-        );
-        scalar(
+            &m.catchup_fetches,
+        )?;
+        gauge(
+            &mut enc,
             "collab_bridge_listener_up",
-            "gauge",
             "1 while the LISTEN connection is established.",
-            &self.listener_up,
-        );
-        scalar(
-            "collab_bridge_listener_reconnects_total",
-            "counter",
+            &m.listener_up,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_listener_reconnects",
             "Times the LISTEN connection was re-established.",
-            &self.listener_reconnects,
-        );
-        self.batch_size.render(
-            &mut out,
+            &m.listener_reconnects,
+        )?;
+        histogram(
+            &mut enc,
             "collab_bridge_batch_size",
             "Updates per collab.apply_updates call (group commit).",
-        );
-        self.commit_seconds.render(
-            &mut out,
+            &m.batch_size,
+        )?;
+        histogram(
+            &mut enc,
             "collab_bridge_commit_seconds",
             "Duration of collab.apply_updates calls.",
-        );
-        self.notify_lag_seconds.render(
-            &mut out,
-            "collab_bridge_notify_lag_seconds",
-            "From the start of this bridge's collab.apply_updates call to the arrival of its notification.",
-        );
-        self.queue_seconds.render(
-            &mut out,
+            &m.commit_seconds,
+        )?;
+        histogram(&mut enc, "collab_bridge_notify_lag_seconds", "From the start of this bridge's collab.apply_updates call to the arrival of its notification.", &m.notify_lag_seconds)?;
+        histogram(
+            &mut enc,
             "collab_bridge_queue_seconds",
             "Time a client update waits for its transaction to start (group commit).",
-        );
-        self.txn_documents.render(
-            &mut out,
+            &m.queue_seconds,
+        )?;
+        histogram(
+            &mut enc,
             "collab_bridge_transaction_documents",
             "Documents per write transaction (group commit across documents).",
-        );
-        self.commit_to_notify_seconds.render(
-            &mut out,
+            &m.txn_documents,
+        )?;
+        histogram(
+            &mut enc,
             "collab_bridge_commit_to_notify_seconds",
             "From the end of this bridge's write transaction to the arrival of its notification.",
-        );
-        self.fanout_seconds.render(
-            &mut out,
-            "collab_bridge_fanout_seconds",
-            "From the arrival of an update notification to its frame being written to a client socket.",
-        );
-        out
+            &m.commit_to_notify_seconds,
+        )?;
+        histogram(&mut enc, "collab_bridge_fanout_seconds", "From the arrival of an update notification to its frame being written to a client socket.", &m.fanout_seconds)?;
+        Ok(())
     }
 }
 
@@ -327,14 +372,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_histograms_cumulatively() {
-        let m = Metrics::default();
+    fn renders_counters_gauges_and_cumulative_histograms() {
+        let m = Arc::new(Metrics::default());
         m.batch_size.observe(3.0);
         m.batch_size.observe(1.0);
+        m.connections.store(7, Relaxed);
+        m.updates_in.fetch_add(5, Relaxed);
         let text = m.render();
-        assert!(text.contains("collab_bridge_batch_size_bucket{le=\"1\"} 1"));
-        assert!(text.contains("collab_bridge_batch_size_bucket{le=\"4\"} 2"));
-        assert!(text.contains("collab_bridge_batch_size_count 2"));
-        assert!(text.contains("collab_bridge_batch_size_sum 4"));
+        assert!(
+            text.contains("collab_bridge_batch_size_bucket{le=\"1.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("collab_bridge_batch_size_bucket{le=\"4.0\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("collab_bridge_batch_size_count 2"), "{text}");
+        assert!(text.contains("collab_bridge_batch_size_sum 4.0"), "{text}");
+        assert!(text.contains("\ncollab_bridge_connections 7\n"), "{text}");
+        assert!(
+            text.contains("\ncollab_bridge_updates_in_total 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE collab_bridge_updates_in counter"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // One family per name: the gauge and the accepted-connections counter do not collide.
+        assert_eq!(
+            text.matches("# TYPE collab_bridge_connections ").count(),
+            1,
+            "{text}"
+        );
     }
 }

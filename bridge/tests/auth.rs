@@ -9,17 +9,13 @@ use std::time::Duration;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_tokens_and_foreign_origins_are_refused() {
+async fn bad_tokens_and_foreign_origins_are_closed_with_4001_and_4003() {
     let pg = Pg::start();
     let b = Bridge::start(&pg, "a", &["--allowed-origins", "https://app.example"]).await;
     let url = b.ws_url("secret-doc");
-    let status = |r: Result<YClient, Refused>| match r {
-        Ok(_) => 101,
-        Err(Refused(s)) => s,
-    };
     let good = token(&[("secret-*", "write")]);
     let cases: Vec<(&str, Option<String>, u16)> = vec![
-        ("no token", None, 401),
+        ("no token", None, 4001),
         (
             "forged signature",
             Some(token_with(
@@ -29,7 +25,7 @@ async fn bad_tokens_and_foreign_origins_are_refused() {
                 ISSUER,
                 AUDIENCE,
             )),
-            401,
+            4001,
         ),
         (
             "expired",
@@ -40,9 +36,9 @@ async fn bad_tokens_and_foreign_origins_are_refused() {
                 ISSUER,
                 AUDIENCE,
             )),
-            401,
+            4001,
         ),
-        ("alg none", Some(alg_none_token()), 401),
+        ("alg none", Some(alg_none_token()), 4001),
         (
             "wrong audience",
             Some(token_with(
@@ -52,7 +48,7 @@ async fn bad_tokens_and_foreign_origins_are_refused() {
                 ISSUER,
                 "someone-else",
             )),
-            401,
+            4001,
         ),
         (
             "wrong issuer",
@@ -63,36 +59,35 @@ async fn bad_tokens_and_foreign_origins_are_refused() {
                 "mallory",
                 AUDIENCE,
             )),
-            401,
+            4001,
         ),
-        ("garbage", Some("not.a.jwt".into()), 401),
+        ("garbage", Some("not.a.jwt".into()), 4001),
         (
             "no right on the doc",
             Some(token(&[("other", "write")])),
-            403,
+            4003,
         ),
         ("good", Some(good.clone()), 101),
     ];
+    // Refusals come after the upgrade, as close codes: a stock client sees 4001/4003 (and can
+    // stop or sign in again), not an HTTP error it can only report as 1006 and retry forever.
     for (what, tok, expected) in cases {
-        let got = status(YClient::connect_with(&url, tok.as_deref(), None).await);
+        let got = ws_outcome_token(&url, tok.as_deref(), None).await;
         assert_eq!(got, expected, "{what}");
     }
     // Origins: listed one accepted, foreign one refused even with a good token.
-    let got = status(YClient::connect_with(&url, Some(&good), Some("https://app.example")).await);
+    let got = ws_outcome_token(&url, Some(&good), Some("https://app.example")).await;
     assert_eq!(got, 101, "allowed origin");
-    let got = status(YClient::connect_with(&url, Some(&good), Some("https://evil.example")).await);
-    assert_eq!(got, 403, "foreign origin");
+    let got = ws_outcome_token(&url, Some(&good), Some("https://evil.example")).await;
+    assert_eq!(got, 4003, "foreign origin");
     let same = format!("http://{}", b.addr);
-    let got = status(YClient::connect_with(&url, Some(&good), Some(&same)).await);
+    let got = ws_outcome_token(&url, Some(&good), Some(&same)).await;
     assert_eq!(got, 101, "same origin");
     // ?token= is off unless enabled.
-    let got = status(YClient::connect_with(&format!("{url}?token={good}"), None, None).await);
-    assert_eq!(got, 401, "query token disabled by default");
+    let got = ws_outcome_token(&format!("{url}?token={good}"), None, None).await;
+    assert_eq!(got, 4001, "query token disabled by default");
     // The cookie works.
-    let got = status(
-        YClient::connect_headers(&url, Some(("cookie", format!("collab_token={good}"))), None)
-            .await,
-    );
+    let got = ws_outcome(&url, Some(("cookie", format!("collab_token={good}"))), None).await;
     assert_eq!(got, 101, "cookie");
     // HTTP answers with the JSON error shape.
     let r = http(b.addr, "GET", "/api/docs/secret-doc", &[], &[])
@@ -150,9 +145,10 @@ async fn read_only_tokens_cannot_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expiring_token_closes_its_connection_with_4001() {
+async fn an_expiring_token_closes_its_connection_with_4001_after_the_leeway() {
     let pg = Pg::start();
-    let b = Bridge::start(&pg, "a", &[]).await;
+    // The connection lives until exp + leeway, as a fresh connection would be accepted.
+    let b = Bridge::start(&pg, "a", &["--jwt-leeway-secs", "1"]).await;
     let t = token_with(SECRET, &[("*", "write")], 2, ISSUER, AUDIENCE);
     let c = YClient::connect(&b.ws_url("exp"), Some(&t)).await;
     c.wait_synced().await;
@@ -240,9 +236,6 @@ async fn eddsa_public_key_is_pinned() {
         &jsonwebtoken::EncodingKey::from_secret(&public_pem),
     )
     .unwrap();
-    match YClient::connect_with(&b.ws_url("ed"), Some(&confused), None).await {
-        Err(Refused(401)) => {}
-        Err(Refused(s)) => panic!("status {s}"),
-        Ok(_) => panic!("HS256 token accepted by an EdDSA bridge"),
-    }
+    let got = ws_outcome_token(&b.ws_url("ed"), Some(&confused), None).await;
+    assert_eq!(got, 4001, "HS256 token accepted by an EdDSA bridge");
 }

@@ -243,7 +243,13 @@ async fn pages_survive_a_bridge_restart_and_lose_nothing_typed() {
 async fn a_token_that_expires_mid_session_is_renewed_without_losing_an_edit() {
     let _turn = TURN.lock().await;
     let pg = Pg::start();
-    let bridge = dev_bridge_with(&pg, free_port(), &["--dev-token-secs", "12"]).await;
+    // The connection ends at the token's exp plus the leeway: keep that short here.
+    let bridge = dev_bridge_with(
+        &pg,
+        free_port(),
+        &["--dev-token-secs", "12", "--jwt-leeway-secs", "1"],
+    )
+    .await;
     let mut node = browser("token_expiry", &bridge, "expiry");
 
     let renewed = node.step("renewed").await;
@@ -257,6 +263,34 @@ async fn a_token_that_expires_mid_session_is_renewed_without_losing_an_edit() {
     let text = renewed["text"].as_str().unwrap();
     assert_eq!(text, "Before expiry. After expiry.");
     assert_eq!(pg.text("expiry").await, text);
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_user_s_page_stops_on_4001_instead_of_retrying() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let revoked = dir.path().join("revoked");
+    std::fs::write(&revoked, "").unwrap();
+    let revoked_arg = revoked.display().to_string();
+    let bridge =
+        dev_bridge_with(&pg, free_port(), &["--revoked-subjects-file", &revoked_arg]).await;
+    let mut node = browser("revoked", &bridge, "revoked");
+    node.step("ready").await;
+    std::fs::write(&revoked, "Ada\n").unwrap();
+    node.tell("revoked").await;
+    let stopped = node.step("stopped").await;
+    let closes = stopped["closes"].as_array().unwrap();
+    let refusals = closes
+        .iter()
+        .filter(|c| **c == serde_json::json!(4001))
+        .count();
+    assert_eq!(refusals, 1, "one 4001, then no retries: {closes:?}");
+    assert_eq!(stopped["should_connect"], serde_json::json!(false));
+    let label = stopped["label"].as_str().unwrap();
+    assert!(label.contains("signed out"), "{label}");
+    assert_eq!(pg.text("revoked").await, "Before revocation.");
     done(node).await;
 }
 

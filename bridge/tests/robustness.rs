@@ -106,7 +106,13 @@ async fn sigterm_stores_pending_updates_and_closes_with_1012() {
     for i in 0..20 {
         c.insert(0, &format!("{i},"));
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Stop while updates are on their way: after the first is stored (on a busy machine a fixed
+    // pause could end before the bridge read any), usually with more still queued.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.metric("collab_bridge_updates_in_total").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "nothing stored");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     b.sigterm();
     let (code, _) = c.wait_close().await;
     assert_eq!(code, 1012);

@@ -7,7 +7,7 @@ import 'quill/dist/quill.snow.css'
 
 import { api } from './api.js'
 import { Backoff } from './backoff.js'
-import { colorFor } from './session.js'
+import { colorFor, loadSession } from './session.js'
 import { openHistory } from './history.js'
 
 Quill.register('modules/cursors', QuillCursors)
@@ -51,8 +51,25 @@ export function openEditor (app, name, user) {
     // The database is the sync point: tabs do not talk to each other behind the bridge's back.
     disableBc: true,
     // 4003: no right to this document; 44xx: the bridge decided (e.g. document deleted).
+    // 4001 (token missing, expired or revoked) is retried only after signing in again, below.
     shouldReconnect: (e) => !(e.code === 4003 || (e.code >= 4400 && e.code < 4500))
   })
+  // The bridge refuses a connection by accepting it and closing with 4001/4003, so the page
+  // learns why. On 4001 it asks for its session again (development mode renews the cookie); if
+  // there is none, it stops and says so instead of retrying into the same refusal.
+  const onConnectionClose = async (event) => {
+    if (!event || event.code !== 4001) return
+    let current = null
+    try {
+      current = await loadSession()
+    } catch {}
+    if (!current) {
+      provider.disconnect()
+      status.closedReason = 'signed out: sign in again to continue'
+      status.render()
+    }
+  }
+  provider.on('connection-close', onConnectionClose)
   const quill = new Quill(app.querySelector('#editor'), {
     theme: 'snow',
     placeholder: 'Start typing…',
@@ -117,6 +134,7 @@ export function openEditor (app, name, user) {
     people.destroy()
     if (closeHistory) closeHistory()
     binding.destroy()
+    provider.off('connection-close', onConnectionClose)
     provider.destroy()
     ydoc.destroy()
     document.getElementById('doc-title').textContent = ''

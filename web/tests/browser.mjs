@@ -231,6 +231,24 @@ const scenarios = {
     })
   },
 
+  // The operator revokes Ada: the bridge closes her connection with 4001, the page asks for its
+  // session, is told it has none, and stops instead of retrying into the same refusal.
+  async revoked () {
+    const ada = await person('Ada')
+    await typeIn(ada, 0, 'Before revocation.')
+    step('ready')
+    await waitLine() // the Rust side wrote Ada into the revocation list
+    await ada.page.waitForFunction(() => window.__closes.includes(4001), null, { timeout: 30000 })
+    await ada.page.waitForSelector('#status[data-state=closed]', { timeout: 10000 })
+    // Give a retry loop time to show itself: the page must stay closed, with one 4001.
+    await new Promise((resolve) => setTimeout(resolve, 3000))
+    step('stopped', {
+      label: await ada.page.textContent('#status'),
+      closes: await ada.page.evaluate(() => window.__closes),
+      should_connect: await ada.page.evaluate(() => window.collab.provider.shouldConnect)
+    })
+  },
+
   // Without --dev the application sets the token cookie; a read-only token gives a read-only
   // editor that still follows the writer.
   async app_cookie () {

@@ -947,3 +947,70 @@ impl Bridge {
         Self::spawn_inner(database_url, id, extra, true).await
     }
 }
+
+/// How a WebSocket connection attempt ends: 101 once synced, the close code if the bridge
+/// closed it first, or the HTTP status if it refused the upgrade.
+pub async fn ws_outcome(url: &str, header: Option<(&str, String)>, origin: Option<&str>) -> u16 {
+    let c = match YClient::connect_headers(url, header, origin).await {
+        Ok(c) => c,
+        Err(Refused(status)) => return status,
+    };
+    wait_for("sync or close", Duration::from_secs(20), || {
+        let l = c.log.lock().unwrap();
+        l.synced || l.close.is_some()
+    })
+    .await;
+    let l = c.log.lock().unwrap();
+    match &l.close {
+        Some((code, _)) => *code,
+        None => 101,
+    }
+}
+
+/// [`ws_outcome`] with a bearer token.
+pub async fn ws_outcome_token(url: &str, token: Option<&str>, origin: Option<&str>) -> u16 {
+    ws_outcome(
+        url,
+        token.map(|t| ("authorization", format!("Bearer {t}"))),
+        origin,
+    )
+    .await
+}
+
+/// A signed HS256 token for subject `sub` with rights on every document, plus extra claims.
+pub fn token_for(sub: &str, extra: serde_json::Value) -> String {
+    let mut claims = json!({
+        "sub": sub,
+        "exp": now() + 3600,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "docs": {"*": "write"},
+    });
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+impl Bridge {
+    /// Starts a bridge without the test secret (`extra` brings its own keys).
+    pub async fn start_bare(pg: &Pg, id: &str, extra: &[&str]) -> Bridge {
+        let mut b = Self::spawn_inner(&pg.url(), id, extra, false)
+            .await
+            .unwrap();
+        b.wait_healthy().await;
+        b
+    }
+
+    /// Spawns a bridge without the test secret; Err(stderr) if it stops before listening.
+    pub async fn spawn_bare(pg: &Pg, id: &str, extra: &[&str]) -> Result<Bridge, String> {
+        Self::spawn_inner(&pg.url(), id, extra, false).await
+    }
+}

@@ -1,0 +1,244 @@
+//! Running the bridge in production: a document row locked by an application, key rotation
+//! with a JWKS file, revocation, secrets kept out of sight, and the admin address.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use serde_json::json;
+
+async fn wait_text_in_db(pg: &Pg, doc: &str, expected: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if pg.text(doc).await == expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_locked_by_an_application_does_not_hold_up_other_documents() {
+    let pg = Pg::start();
+    // One lane: both documents share it, so only setting the locked one aside lets the other
+    // through.
+    let b = Bridge::start(
+        &pg,
+        "a",
+        &["--write-lanes", "1", "--write-lock-timeout-ms", "200"],
+    )
+    .await;
+    pg.insert_text("held", 0, "h").await;
+    pg.insert_text("free", 0, "f").await;
+    let t = writer_token();
+    let held = YClient::connect(&b.ws_url("held"), Some(&t)).await;
+    let free = YClient::connect(&b.ws_url("free"), Some(&t)).await;
+    held.wait_text("h").await;
+    free.wait_text("f").await;
+    // The application's transaction takes the document's row lock and keeps it.
+    let mut app = pg.client().await;
+    let txn = app.transaction().await.unwrap();
+    txn.query(
+        "SELECT 1 FROM collab.documents WHERE name = 'held' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    held.insert(1, "1");
+    // Several rounds on the other document, while the lock is held.
+    for (i, s) in ["a", "b", "c"].iter().enumerate() {
+        free.insert(1 + i as u32, s);
+        let expected = format!("f{}", &"abc"[..=i]);
+        assert!(
+            wait_text_in_db(&pg, "free", &expected, Duration::from_secs(10)).await,
+            "the free document stalled behind the locked one"
+        );
+    }
+    assert_eq!(pg.text("held").await, "h", "stored through a lock?");
+    assert!(b.metric("collab_bridge_lane_set_aside_total").await >= 1.0);
+    // Once the application lets go, the held edit is stored, and the lane takes it back.
+    txn.rollback().await.unwrap();
+    assert!(wait_text_in_db(&pg, "held", "h1", Duration::from_secs(10)).await);
+    held.insert(2, "2");
+    assert!(wait_text_in_db(&pg, "held", "h12", Duration::from_secs(10)).await);
+    assert!(held.log.lock().unwrap().close.is_none());
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn jwks(keys: &[(&str, &[u8])]) -> String {
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|(kid, k)| json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": b64(k)}))
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+fn signed(kid: &str, key: &[u8], claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(key),
+    )
+    .unwrap()
+}
+
+fn claims(sub: &str, aud: serde_json::Value) -> serde_json::Value {
+    json!({"sub": sub, "exp": now() + 600, "iss": ISSUER, "aud": aud, "docs": {"*": "write"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_by_kid_and_revoked_subjects_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    let revoked_path = dir.path().join("revoked");
+    let (k1, k2) = (
+        b"first key, thirty-two bytes or more!!",
+        b"second key, also thirty-two bytes long",
+    );
+    std::fs::write(&jwks_path, jwks(&[("k1", k1), ("k2", k2)])).unwrap();
+    std::fs::write(&revoked_path, "# nobody yet\n").unwrap();
+    let pg = Pg::start();
+    let b = Bridge::start_bare(
+        &pg,
+        "k",
+        &[
+            "--jwt-jwks-file",
+            jwks_path.to_str().unwrap(),
+            "--revoked-subjects-file",
+            revoked_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let url = b.ws_url("rot");
+    let old = signed("k1", k1, claims("ada", json!(AUDIENCE)));
+    // `aud` may be an array (RFC 7519).
+    let new = signed("k2", k2, claims("ada", json!(["elsewhere", AUDIENCE])));
+    let eve = signed("k2", k2, claims("eve", json!(AUDIENCE)));
+    assert_eq!(ws_outcome_token(&url, Some(&old), None).await, 101);
+    assert_eq!(ws_outcome_token(&url, Some(&new), None).await, 101);
+    let unknown = signed("k3", k1, claims("ada", json!(AUDIENCE)));
+    assert_eq!(ws_outcome_token(&url, Some(&unknown), None).await, 4001);
+    let wrong_key = signed("k2", k1, claims("ada", json!(AUDIENCE)));
+    assert_eq!(ws_outcome_token(&url, Some(&wrong_key), None).await, 4001);
+
+    // Rotation: k1 is retired; the file is re-read when it changes.
+    let live = YClient::connect(&url, Some(&eve)).await;
+    live.wait_synced().await;
+    std::fs::write(&jwks_path, jwks(&[("k2", k2)])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut ok = false;
+    while !ok && Instant::now() < deadline {
+        ok = ws_outcome_token(&url, Some(&old), None).await == 4001;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "the retired key still works");
+    assert_eq!(ws_outcome_token(&url, Some(&new), None).await, 101);
+    assert!(
+        live.log.lock().unwrap().close.is_none(),
+        "rotation kept connections"
+    );
+
+    // Revocation closes eve's open connection and refuses new ones; ada stays.
+    let ada = YClient::connect(&url, Some(&new)).await;
+    ada.wait_synced().await;
+    std::fs::write(&revoked_path, "eve\n").unwrap();
+    let (code, reason) = live.wait_close().await;
+    assert_eq!(code, 4001);
+    assert!(reason.contains("revoked"), "{reason}");
+    assert_eq!(ws_outcome_token(&url, Some(&eve), None).await, 4001);
+    assert!(ada.log.lock().unwrap().close.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_come_from_files_and_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    // --help shows no secret given in the environment.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collab-bridge"))
+        .arg("--help")
+        .env(
+            "COLLAB_JWT_SECRET",
+            "hunter2-hunter2-hunter2-hunter2-hunter2",
+        )
+        .env("COLLAB_DATABASE_URL", "postgres://u:sw0rdfish@db/x")
+        .env("COLLAB_DATABASE_PASSWORD", "tr0ub4dor")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for secret in ["hunter2", "sw0rdfish", "tr0ub4dor"] {
+        assert!(!help.contains(secret), "--help prints {secret}");
+    }
+    assert!(help.contains("--jwt-secret-file"));
+    let pg = Pg::start();
+    let b = Bridge::start_bare(
+        &pg,
+        "s",
+        &["--jwt-secret-file", secret_file.to_str().unwrap()],
+    )
+    .await;
+    let c = YClient::connect(&b.ws_url("sec"), Some(&writer_token())).await;
+    c.wait_synced().await;
+    // Any origin together with cookies would hand every site its visitors' sessions.
+    match Bridge::spawn(&pg, "x", &["--allowed-origins", "*"]).await {
+        Err(stderr) => assert!(stderr.contains("cookie"), "{stderr}"),
+        Ok(_) => panic!("--allowed-origins '*' accepted with cookies"),
+    }
+    Bridge::start(&pg, "y", &["--allowed-origins", "*", "--auth-cookie", ""]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_a_separate_admin_address() {
+    let pg = Pg::start();
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let b = Bridge::start(&pg, "m", &["--admin-listen", &admin]).await;
+    let r = http(admin.parse().unwrap(), "GET", "/metrics", &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = http(b.addr, "GET", "/metrics", &[], &[]).await.unwrap();
+    assert_ne!(r.status, 200, "metrics still on the public address");
+    // Every answer carries a request id.
+    let r = http(b.addr, "GET", "/healthz", &[], &[]).await.unwrap();
+    assert!(r.header("x-request-id").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_missed_while_the_listener_was_down_does_not_leave_the_room_stuck() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &[]).await;
+    let t = writer_token();
+    let c = YClient::connect(&b.ws_url("phoenix"), Some(&t)).await;
+    c.wait_synced().await;
+    for s in ["a", "b", "c", "d", "e"] {
+        pg.insert_text("phoenix", 0, s).await;
+    }
+    c.wait_text("edcba").await;
+    let db = pg.client().await;
+    // Kill the LISTEN backend, then delete the document and write it anew before it is back:
+    // the `deleted` notification is lost, and the new log is shorter than what the room saw.
+    db.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'collab-bridge-listener a'; \
+         SELECT collab.delete_document('phoenix'); \
+         SELECT collab.insert_text('phoenix', 'content', 0, 'new');",
+    )
+    .await
+    .unwrap();
+    // The client holds the old document: it is told the document was deleted.
+    let (code, _) = c.wait_close().await;
+    assert_eq!(code, 4410);
+    // And a fresh connection gets the new document.
+    let fresh = YClient::connect(&b.ws_url("phoenix"), Some(&t)).await;
+    fresh.wait_text("new").await;
+}

@@ -205,14 +205,18 @@ async fn a_rotated_notification_key_is_picked_up_without_losing_an_update() {
             .await
             .unwrap();
     }
-    // Sealed with a key the bridge has never seen: fetched on first sight, nothing lost.
+    // Sealed with a key the bridge has never seen: fetched on first sight, nothing lost. If the
+    // bridge fetched its keys less than 100 ms before (its refetch limit, which forgers naming
+    // unknown ids cannot push), the payload is dropped, counted as rejected, and the room
+    // catches up from the log after the next refetch: either way the text arrives.
     pg.insert_text("rotating", 7, "after;").await;
     client.wait_text("before;after;").await;
-    assert_eq!(
+    assert!(
         bridge
             .metric("collab_bridge_notifications_rejected_total")
-            .await,
-        0.0
+            .await
+            <= 1.0,
+        "at most the one payload that arrived inside the refetch limit"
     );
     let keys: i64 = admin
         .query_one("SELECT count(*) FROM collab.notification_keys", &[])

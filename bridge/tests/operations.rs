@@ -225,12 +225,14 @@ async fn a_deletion_missed_while_the_listener_was_down_does_not_leave_the_room_s
     }
     c.wait_text("edcba").await;
     let db = pg.client().await;
-    // Kill the LISTEN backend, then delete the document and write it anew before it is back:
-    // the `deleted` notification is lost, and the new log is shorter than what the room saw.
+    // Kill the LISTEN backend, then delete the document, recreate it on purpose (deletion is
+    // final otherwise) and write it anew before the listener is back: the `deleted`
+    // notification is lost, and the new log is shorter than what the room saw.
     db.batch_execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE application_name = 'collab-bridge-listener a'; \
          SELECT collab.delete_document('phoenix'); \
+         SELECT collab.recreate_document('phoenix'); \
          SELECT collab.insert_text('phoenix', 'content', 0, 'new');",
     )
     .await

@@ -1,17 +1,20 @@
 //! pg_collab: collaborative (Yjs) documents stored, validated and merged inside PostgreSQL.
 //!
 //! Layout: `api` holds the SQL surface (thin `#[pg_extern]` wrappers); `merge` the pure yrs
-//! logic; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
+//! logic; `scan` the byte-level check of every Yjs byte string; `depth` the nesting of shared
+//! types; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
 //! `notify` the NOTIFY payloads; `guc` the settings; `error` the SQLSTATE mapping.
 
 use pgrx::prelude::*;
 
 mod api;
 mod cache;
+mod depth;
 mod error;
 mod guc;
 mod merge;
 mod notify;
+mod scan;
 mod storage;
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -28,6 +31,12 @@ pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize)
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
     cache::register_callbacks();
+    merge::set_interrupt_point(check_interrupts);
+}
+
+/// What long loops in `merge` call: a pending cancel or timeout raises its ERROR here.
+fn check_interrupts() {
+    pgrx::check_for_interrupts!();
 }
 
 /// Required by `cargo pgrx test`.

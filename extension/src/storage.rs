@@ -16,6 +16,7 @@ use pgrx::{PgBuiltInOids, PgOid};
 use yrs::Doc;
 
 use crate::cache::{self, Entry};
+use crate::depth::Depths;
 use crate::error::{CollabError, Result};
 use crate::{guc, merge, notify};
 
@@ -210,6 +211,11 @@ fn checkpoint_at_or_before(
 
 /// Builds the document as of `seq` from the newest checkpoint before it and the log after it.
 pub fn load_at(row: &DocRow, seq: i64) -> Result<Doc> {
+    load_tracked(row, seq).map(|(doc, _, _)| doc)
+}
+
+/// The same, with the document's depth tracker and the encoded bytes it was built from.
+fn load_tracked(row: &DocRow, seq: i64) -> Result<(Doc, Depths, usize)> {
     if seq < row.history_from {
         return Err(CollabError::Pruned {
             doc: row.name.clone(),
@@ -232,11 +238,15 @@ pub fn load_at(row: &DocRow, seq: i64) -> Result<Doc> {
                 ),
             });
         }
-        merge::load(
+        let bytes = checkpoint.as_ref().map_or(0, |(_, s)| s.len())
+            + rows.iter().map(Vec::len).sum::<usize>();
+        let (doc, depths) = merge::load(
             &row.name,
             checkpoint.as_ref().map(|(_, s)| s.as_slice()),
             rows.iter().map(Vec::as_slice),
-        )
+            guc::max_nesting(),
+        )?;
+        Ok((doc, depths, bytes))
     })
 }
 
@@ -251,14 +261,28 @@ pub fn open(row: &DocRow) -> Result<Entry> {
         if !entry.dirty && entry.seq < row.head_seq && entry.seq >= row.history_from {
             let rows = Spi::connect_mut(|c| log_rows(c, row.id, entry.seq, row.head_seq))?;
             if rows.len() as i64 == row.head_seq - entry.seq {
-                merge::apply_stored(&entry.doc, &row.name, rows.iter().map(Vec::as_slice))?;
+                merge::apply_stored(
+                    &entry.doc,
+                    &mut entry.depths,
+                    &row.name,
+                    rows.iter().map(Vec::as_slice),
+                    guc::max_nesting(),
+                )?;
+                entry.encoded_bytes += rows.iter().map(Vec::len).sum::<usize>();
                 entry.seq = row.head_seq;
                 return Ok(entry);
             }
         }
     }
-    let doc = load_at(row, row.head_seq)?;
-    Ok(Entry::new(row.id, row.created, row.head_seq, doc))
+    let (doc, depths, bytes) = load_tracked(row, row.head_seq)?;
+    Ok(Entry::new(
+        row.id,
+        row.created,
+        row.head_seq,
+        doc,
+        depths,
+        bytes,
+    ))
 }
 
 /// Appends validated updates after `row.head_seq` in one statement (so the NOTIFY trigger

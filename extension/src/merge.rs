@@ -112,12 +112,12 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 fn scan_error(e: ScanError) -> CollabError {
     match e {
         ScanError::Malformed(m) => CollabError::MalformedUpdate(m),
-        deep @ ScanError::TooDeep { .. } => CollabError::TooDeep(deep.to_string()),
+        other => CollabError::TooComplex(other.to_string()),
     }
 }
 
 fn too_deep(e: TooDeep) -> CollabError {
-    CollabError::TooDeep(format!(
+    CollabError::TooComplex(format!(
         "shared types nested deeper than collab.max_nesting ({})",
         e.limit
     ))
@@ -177,24 +177,64 @@ pub fn integrate(
         }
         track(depths, bytes, nesting)?;
     }
-    let outcome = guarded(|| -> std::result::Result<Option<Vec<u8>>, String> {
-        let mut txn = doc.transact_mut();
-        for update in updates {
-            txn.apply_update(update).map_err(|e| e.to_string())?;
+    // One yrs transaction per update: yrs merges the runs of items a transaction inserted at
+    // its commit, at a cost that grows with the square of a run (see scan::MAX_MERGE_BYTES),
+    // so a run must not span the updates of a batch. Between two updates PostgreSQL may cancel.
+    let mut parts = Vec::with_capacity(updates.len());
+    let count = updates.len();
+    for (i, update) in updates.into_iter().enumerate() {
+        if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
+            interrupt_point();
         }
-        let changed = txn.encode_update_v1();
-        let _ = txn.state_vector().encode_v1();
-        let store = txn.store();
-        let settled = store.pending_update().is_none() && store.pending_ds().is_none();
-        Ok(settled.then_some(changed))
-    });
-    match outcome {
-        Ok(Ok(changed)) => Ok(changed),
-        Ok(Err(reason)) | Err(reason) => Err(CollabError::Unintegrable {
-            doc: doc_name.to_string(),
-            reason,
-        }),
+        type Outcome = (Vec<u8>, bool, Option<Vec<u8>>);
+        let outcome = guarded(|| -> std::result::Result<Outcome, String> {
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+            let changed = txn.encode_update_v1();
+            let _ = txn.state_vector().encode_v1();
+            let store = txn.store();
+            let pending = store.pending_update().map(|p| p.update.encode_v1());
+            let settled = pending.is_none() && store.pending_ds().is_none();
+            Ok((changed, settled, pending))
+        });
+        match outcome {
+            Ok(Ok((changed, settled, pending))) => {
+                if let Some(pending) = pending {
+                    check_pending(&pending, nesting)?;
+                }
+                parts.push(changed);
+                if i + 1 == count && !settled {
+                    return Ok(None);
+                }
+            }
+            Ok(Err(reason)) | Err(reason) => {
+                return Err(CollabError::Unintegrable {
+                    doc: doc_name.to_string(),
+                    reason,
+                })
+            }
+        }
     }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    Ok(merge_updates(&refs))
+}
+
+/// Most structs that may wait for missing updates. yrs re-merges what waits on every update
+/// and integrates all of it in one transaction when the gap fills, in time (and, for runs of
+/// items, memory) that grows faster than its size; honest peers leave few structs waiting.
+pub const MAX_PENDING_STRUCTS: u64 = 10_000;
+
+/// Refuses an update that leaves too much waiting (54001): see [`MAX_PENDING_STRUCTS`].
+fn check_pending(pending: &[u8], nesting: u32) -> Result<()> {
+    let summary = scan::scan_update(pending, nesting, |_| {}).map_err(scan_error)?;
+    if summary.structs > MAX_PENDING_STRUCTS || summary.merge_bytes > scan::MAX_MERGE_BYTES / 2 {
+        return Err(CollabError::TooComplex(format!(
+            "{} structs would wait for missing updates (limit {MAX_PENDING_STRUCTS}): send \
+             the missing updates first",
+            summary.structs
+        )));
+    }
+    Ok(())
 }
 
 /// Rebuilds a document (and its depth tracker) from stored bytes: a checkpoint, then log rows
@@ -238,8 +278,8 @@ pub fn apply_stored<'a>(
             interrupt_point();
         }
         track(depths, bytes, nesting).map_err(|e| match e {
-            CollabError::TooDeep(m) => {
-                CollabError::TooDeep(format!("stored document \"{doc_name}\": {m}"))
+            CollabError::TooComplex(m) => {
+                CollabError::TooComplex(format!("stored document \"{doc_name}\": {m}"))
             }
             other => corrupt(other.to_string()),
         })?;

@@ -25,6 +25,9 @@ pub enum ScanError {
     Malformed(String),
     /// Values nested deeper than the limit.
     TooDeep { what: &'static str, limit: u32 },
+    /// Runs of consecutive items that yrs would merge at commit, costing more memory than
+    /// [`MAX_MERGE_BYTES`] (see [`scan_update`]).
+    TooCostly { bytes: u64 },
 }
 
 impl fmt::Display for ScanError {
@@ -34,6 +37,13 @@ impl fmt::Display for ScanError {
             ScanError::TooDeep { what, limit } => {
                 write!(f, "{what} nested deeper than collab.max_nesting ({limit})")
             }
+            ScanError::TooCostly { bytes } => write!(
+                f,
+                "merging its runs of consecutive items would take about {} MB \
+                 (limit {} MB): send them as fewer, longer items",
+                bytes >> 20,
+                MAX_MERGE_BYTES >> 20
+            ),
         }
     }
 }
@@ -81,6 +91,27 @@ pub struct Struct {
     pub right_origin: Option<Id>,
 }
 
+/// The most memory yrs may take to merge the items of one update (64 MB).
+///
+/// At commit yrs merges runs of consecutive items of one client (each the origin of the next),
+/// walking each run right to left; every item appends a copy of the merged content to its
+/// right, and all of them stay alive until the end, so a run costs the square of its length
+/// (`ItemContent::try_squash` in yrs 0.28.1). A 7 MB update of a million one-value items asked
+/// for terabytes and the kernel killed the backend. Yjs merges such runs itself before it
+/// encodes, so honest updates have short runs.
+pub const MAX_MERGE_BYTES: u64 = 64 << 20;
+
+/// A run of items that yrs would merge: where it ends, what it is, and its cost so far.
+struct Run {
+    end: u64,
+    right_origin: Option<Id>,
+    kind: u8,
+    len: u64,
+    /// Bytes held when yrs merged the run so far: the sum over its items of their content
+    /// times their position in the run.
+    cost: u64,
+}
+
 /// What the scan found besides the structs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -89,6 +120,8 @@ pub struct Summary {
     pub deleted_ranges: u64,
     /// Deepest `Any` / JSON nesting met.
     pub max_value_depth: u32,
+    /// Memory yrs would take to merge this update's runs of items (see [`MAX_MERGE_BYTES`]).
+    pub merge_bytes: u64,
 }
 
 /// A lib0 v1 reader that never trusts a length.
@@ -360,8 +393,10 @@ pub fn scan_update(bytes: &[u8], limit: u32, mut visit: impl FnMut(&Struct)) -> 
         let blocks = c.count("struct", 2)?;
         let client = c.var_u64()?;
         let mut clock = u64::from(c.var_u32()?);
+        let mut run: Option<Run> = None;
         for _ in 0..blocks {
             let info = c.u8()?;
+            let struct_start = c.pos;
             let (len, kind, parent, origin, right_origin) = match info {
                 10 | 0 => {
                     let len = c.var_u32()?;
@@ -402,6 +437,54 @@ pub fn scan_update(bytes: &[u8], limit: u32, mut visit: impl FnMut(&Struct)) -> 
             if end > u64::from(u32::MAX) {
                 return malformed(format!("clock range of client {client} overflows"));
             }
+            // Runs yrs merges at commit: strings, values and JSON, each item after the last
+            // ID of the one before. Memory per item: its encoded bytes plus a word per element.
+            let kind_bits = info & 0b1111;
+            if matches!(kind, Kind::Item { .. }) && matches!(kind_bits, 2 | 4 | 8) {
+                let per_element = match kind_bits {
+                    8 => 16, // an `Any`
+                    2 => 24, // a `String`
+                    _ => 0,  // text: its bytes
+                };
+                let bytes = (c.pos - struct_start) as u64 + per_element * len;
+                let continues = run.as_ref().is_some_and(|r| {
+                    r.end == clock
+                        && r.kind == kind_bits
+                        && r.right_origin == right_origin
+                        && origin
+                            == Some(Id {
+                                client,
+                                clock: (clock - 1) as u32,
+                            })
+                });
+                match run.as_mut() {
+                    Some(r) if continues => {
+                        r.len += 1;
+                        r.end = end;
+                        r.cost = r.cost.saturating_add(bytes.saturating_mul(r.len));
+                    }
+                    _ => {
+                        summary.merge_bytes = summary
+                            .merge_bytes
+                            .saturating_add(run.take().map_or(0, |r| r.cost));
+                        run = Some(Run {
+                            end,
+                            right_origin,
+                            kind: kind_bits,
+                            len: 1,
+                            cost: bytes,
+                        });
+                    }
+                }
+                let pending = run.as_ref().map_or(0, |r| r.cost);
+                if summary.merge_bytes.saturating_add(pending) > MAX_MERGE_BYTES {
+                    return Err(ScanError::TooCostly {
+                        bytes: summary.merge_bytes.saturating_add(pending),
+                    });
+                }
+            } else if let Some(r) = run.take() {
+                summary.merge_bytes = summary.merge_bytes.saturating_add(r.cost);
+            }
             visit(&Struct {
                 id: Id {
                     client,
@@ -416,6 +499,9 @@ pub fn scan_update(bytes: &[u8], limit: u32, mut visit: impl FnMut(&Struct)) -> 
             summary.structs += 1;
             clock = end;
         }
+        summary.merge_bytes = summary
+            .merge_bytes
+            .saturating_add(run.map_or(0, |r| r.cost));
     }
     summary.deleted_ranges = scan_delete_set(&mut c)?;
     Ok(summary)
@@ -668,6 +754,51 @@ mod tests {
         for cut in 0..real.len() - 1 {
             assert!(scan_update(&real[..cut], 64, |_| {}).is_err(), "cut {cut}");
         }
+    }
+
+    /// `n` one-value items, each after the one before (`chained`) or each before the one
+    /// before (so yrs has nothing to merge).
+    fn tiny_items(n: u32, chained: bool) -> Vec<u8> {
+        let mut u = Vec::new();
+        var(&mut u, 1);
+        var(&mut u, u64::from(n));
+        var(&mut u, 12);
+        var(&mut u, 0);
+        for i in 0..n {
+            if i == 0 {
+                u.push(8);
+                var(&mut u, 1);
+                string(&mut u, "list");
+            } else {
+                u.push(
+                    8 | if chained {
+                        HAS_ORIGIN
+                    } else {
+                        HAS_RIGHT_ORIGIN
+                    },
+                );
+                var(&mut u, 12);
+                var(&mut u, u64::from(i - 1));
+            }
+            u.extend_from_slice(&[1, 125, 1]);
+        }
+        var(&mut u, 0);
+        u
+    }
+
+    #[test]
+    fn long_runs_of_items_yrs_would_merge_are_refused() {
+        // A million chained one-value items: yrs's merge at commit would want terabytes.
+        assert!(matches!(
+            scan_update(&tiny_items(1_000_000, true), 64, |_| {}),
+            Err(ScanError::TooCostly { .. })
+        ));
+        // The same items in reverse order merge nothing and cost their size.
+        let s = scan_update(&tiny_items(1_000_000, false), 64, |_| {}).expect("accepted");
+        assert!(s.merge_bytes < 64 << 20);
+        // Short runs, as Yjs sends them, are cheap.
+        let s = scan_update(&tiny_items(100, true), 64, |_| {}).expect("accepted");
+        assert!(s.merge_bytes < 1 << 20);
     }
 
     #[test]

@@ -182,8 +182,9 @@ pub fn long_string(len: usize) -> Vec<u8> {
     item("content", None, 4, &v)
 }
 
-/// `n` one-element array items, each after the one before (a list of a million nulls).
-pub fn tiny_items(n: u32) -> Vec<u8> {
+/// `n` one-element array items (a list of a million small numbers), each after the one
+/// before (`chained`: a run yrs would merge at commit, refused) or each before the one before.
+pub fn tiny_items(n: u32, chained: bool) -> Vec<u8> {
     let client = 12;
     let mut u = Vec::new();
     var(&mut u, 1);
@@ -196,7 +197,7 @@ pub fn tiny_items(n: u32) -> Vec<u8> {
             var(&mut u, 1);
             string(&mut u, "list");
         } else {
-            u.push(8 | 0b1000_0000);
+            u.push(8 | if chained { 0b1000_0000 } else { 0b0100_0000 });
             var(&mut u, client);
             var(&mut u, u64::from(i - 1));
         }
@@ -252,12 +253,25 @@ pub fn corpus() -> Vec<Case> {
         cases.push(case(format!("format-{depth}"), nested_format(depth)));
     }
     cases.push(case("clients-5000", many_clients(5000)));
+    cases.push(case("tiny-items-chained-500000", tiny_items(500_000, true)));
     cases.push(case("string-near-limit", long_string(4 * 1024 * 1024 - 64)));
     cases.push(case("string-over-limit", long_string(4 * 1024 * 1024)));
-    cases.push(case("delete-set-huge-range", delete_set(1, 1, u64::from(u32::MAX) - 1, true)));
-    cases.push(case("delete-set-many-ranges", delete_set(3, 20_000, 1, true)));
-    cases.push(case("delete-set-lying-clients", delete_set(u64::from(u32::MAX), 1, 1, false)));
-    cases.push(case("delete-set-lying-ranges", delete_set(1, u64::from(u32::MAX), 1, false)));
+    cases.push(case(
+        "delete-set-huge-range",
+        delete_set(1, 1, u64::from(u32::MAX) - 1, true),
+    ));
+    cases.push(case(
+        "delete-set-many-ranges",
+        delete_set(3, 20_000, 1, true),
+    ));
+    cases.push(case(
+        "delete-set-lying-clients",
+        delete_set(u64::from(u32::MAX), 1, 1, false),
+    ));
+    cases.push(case(
+        "delete-set-lying-ranges",
+        delete_set(1, u64::from(u32::MAX), 1, false),
+    ));
     let mut overflow = vec![0, 1];
     var(&mut overflow, 5000);
     var(&mut overflow, 1);
@@ -280,7 +294,10 @@ pub fn corpus() -> Vec<Case> {
 pub fn state_vectors() -> Vec<(String, Vec<u8>)> {
     vec![
         ("sv-100000".into(), state_vector(100_000, 100_000)),
-        ("sv-lying-count".into(), state_vector(u64::from(u32::MAX), 1)),
+        (
+            "sv-lying-count".into(),
+            state_vector(u64::from(u32::MAX), 1),
+        ),
         ("sv-lying-huge".into(), state_vector(u64::MAX, 0)),
         ("sv-truncated".into(), state_vector(2, 1)),
     ]

@@ -59,6 +59,7 @@ pub struct Depths {
 
 impl Depths {
     /// The deepest nesting of shared types seen so far.
+    #[cfg(test)]
     pub fn deepest(&self) -> u32 {
         self.deepest
     }

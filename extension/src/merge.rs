@@ -499,7 +499,7 @@ fn node_to_json<T: ReadTxn>(txn: &T, root: Node, visited: &mut usize) -> serde_j
     loop {
         if let Some((key, node)) = next.take() {
             *visited += 1;
-            if *visited % INTERRUPT_EVERY == 0 {
+            if (*visited).is_multiple_of(INTERRUPT_EVERY) {
                 interrupt_point();
             }
             let (container, children) = match expand(txn, node) {
@@ -552,7 +552,7 @@ fn xml_string<T: ReadTxn>(txn: &T, node: XmlOut) -> String {
     let mut visited = 0usize;
     while let Some(step) = stack.pop() {
         visited += 1;
-        if visited % INTERRUPT_EVERY == 0 {
+        if visited.is_multiple_of(INTERRUPT_EVERY) {
             interrupt_point();
         }
         let children: Vec<XmlOut> = match step {

@@ -399,13 +399,36 @@ async fn handle_event(
 /// outage on a busy document does not overflow every client's send queue.
 const MERGE_ABOVE_ROWS: usize = 4;
 
-/// Delivers every stored update after `last`; returns the new last sequence.
-async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
+/// Rows fetched per catch-up query: a long log is caught up a page at a time.
+const CATCH_UP_PAGE_ROWS: i64 = 1000;
+
+/// Delivers every stored update after `last`, a page at a time; returns the new last sequence.
+async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, mut last: i64) -> i64 {
+    loop {
+        match catch_up_page(room, ctx, last).await {
+            Ok((new_last, full)) => {
+                if !full || new_last == last {
+                    return new_last;
+                }
+                last = new_last;
+            }
+            Err(()) => return catch_up_retry(room, last),
+        }
+    }
+}
+
+/// One page of a catch-up: the new last sequence, and whether the page was full.
+async fn catch_up_page(
+    room: &Arc<Room>,
+    ctx: &Arc<HubCtx>,
+    last: i64,
+) -> std::result::Result<(i64, bool), ()> {
     ctx.metrics
         .catchup_fetches
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match db::updates_since(&ctx.pool, &room.name, last).await {
+    match db::updates_since(&ctx.pool, &room.name, last, CATCH_UP_PAGE_ROWS).await {
         Ok(rows) => {
+            let full = rows.len() as i64 == CATCH_UP_PAGE_ROWS;
             // A pruned history starts with the checkpoint row, whatever its sequence.
             let rows: Vec<db::LogRow> = rows
                 .into_iter()
@@ -426,12 +449,12 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
                             _ => None,
                         };
                         send_update(room, ctx, update, origin.as_deref());
-                        return new_last;
+                        return Ok((new_last, full));
                     }
                     Ok((None, updates)) => updates,
                     Err(e) => {
                         tracing::warn!(doc = %room.name, "merging for catch-up failed: {e}");
-                        return catch_up_retry(room, last);
+                        return Err(());
                     }
                 }
             } else {
@@ -440,11 +463,11 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
             for (update, origin) in updates.into_iter().zip(origins) {
                 send_update(room, ctx, update, origin.as_deref());
             }
-            new_last
+            Ok((new_last, full))
         }
         Err(e) => {
             tracing::warn!(doc = %room.name, "catching up failed: {e}; retrying");
-            catch_up_retry(room, last)
+            Err(())
         }
     }
 }

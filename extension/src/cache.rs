@@ -135,7 +135,8 @@ pub fn put(mut entry: Entry) {
     });
 }
 
-/// Estimated bytes held by this backend's cache (for tests and monitoring).
+/// Estimated bytes held by this backend's cache (for tests).
+#[cfg(any(test, feature = "pg_test"))]
 pub fn held_bytes() -> usize {
     CACHE.with(|c| c.borrow().entries.iter().map(Entry::approx_bytes).sum())
 }

@@ -665,4 +665,37 @@ mod tests {
         .expect("rolled back");
         assert_eq!(text_of("undo"), "kept");
     }
+
+    #[pg_test]
+    fn updates_since_pages_through_a_long_log_in_order() {
+        let p = Peer::new(9);
+        let mut batch = Vec::new();
+        for i in 0..3000u32 {
+            batch.push(format!("'\\x{}'::bytea", hex(&p.insert(i, "x"))));
+        }
+        Spi::run(&format!(
+            "SELECT collab.apply_updates('paged', ARRAY[{}])",
+            batch.join(",")
+        ))
+        .expect("batch");
+        // Every row once, in order, across many pages; LIMIT stops reading early.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (ORDER BY ord) AS prev \
+                 FROM collab.updates_since('paged', 100) WITH ORDINALITY AS u(seq, update, \
+                 origin, created_at, ord)) s WHERE prev IS NULL OR seq = prev + 1"
+            ),
+            2900
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM (SELECT * FROM collab.updates_since('paged', 0) LIMIT 5) l"
+            ),
+            5
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM collab.updates_since('paged', 3000)"),
+            0
+        );
+    }
 }

@@ -384,40 +384,116 @@ pub struct LogRow {
     pub created_at: Option<pgrx::datum::TimestampWithTimeZone>,
 }
 
-/// Log rows after `after`, for listeners catching up. When `after` lies in pruned history, the
+/// Log rows after `after`, for listeners catching up, fetched a page at a time as the caller
+/// consumes them, so memory is one page, not the log. When `after` lies in pruned history, the
 /// checkpoint at the history floor comes first (origin `checkpoint`) so nothing is missed.
-pub fn rows_since(row: &DocRow, after: i64) -> Result<Vec<LogRow>> {
-    Spi::connect_mut(|client| {
-        let mut out = Vec::new();
-        let mut from = after.max(0);
-        if from < row.history_from {
-            if let Some((seq, state)) = checkpoint_at_or_before(client, row.id, row.history_from)? {
+pub fn rows_since(row: &DocRow, after: i64) -> Result<LogPages> {
+    let mut pages = LogPages {
+        doc_id: row.id,
+        after: after.max(0),
+        upto: row.head_seq,
+        page: LogPages::FIRST_PAGE,
+        buf: std::collections::VecDeque::new(),
+    };
+    if pages.after < row.history_from {
+        let floor = Spi::connect_mut(|c| checkpoint_at_or_before(c, row.id, row.history_from))?;
+        if let Some((seq, state)) = floor {
+            pages.buf.push_back(LogRow {
+                seq,
+                update: state,
+                origin: Some("checkpoint".into()),
+                created_at: None,
+            });
+            pages.after = seq;
+        }
+    }
+    Ok(pages)
+}
+
+/// The rows of `collab.updates_since`, read in pages sized to their bytes.
+pub struct LogPages {
+    doc_id: i64,
+    /// Last sequence read.
+    after: i64,
+    /// The head when the call started: later rows are the next call's.
+    upto: i64,
+    /// Rows to fetch next: doubled while pages are small, halved while they are big.
+    page: i64,
+    buf: std::collections::VecDeque<LogRow>,
+}
+
+impl LogPages {
+    const FIRST_PAGE: i64 = 64;
+    const MAX_PAGE: i64 = 8192;
+    /// Bytes a page aims at (rows are up to `collab.max_update_bytes` each).
+    const PAGE_BYTES: usize = 4 << 20;
+
+    pub fn empty() -> Self {
+        LogPages {
+            doc_id: 0,
+            after: 0,
+            upto: 0,
+            page: Self::FIRST_PAGE,
+            buf: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn fetch(&mut self) -> Result<()> {
+        let rows = Spi::connect_mut(|client| {
+            let t = query(
+                client,
+                "SELECT seq, update, origin, created_at FROM collab.updates \
+                 WHERE doc_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+                &[INT8, INT8, INT8, INT8],
+                &[
+                    self.doc_id.into(),
+                    self.after.into(),
+                    self.upto.into(),
+                    self.page.into(),
+                ],
+            )?;
+            let mut out = Vec::with_capacity(t.len());
+            for r in t {
                 out.push(LogRow {
-                    seq,
-                    update: state,
-                    origin: Some("checkpoint".into()),
-                    created_at: None,
+                    seq: r.get(1).map_err(spi_err)?.unwrap_or_default(),
+                    update: r.get(2).map_err(spi_err)?.unwrap_or_default(),
+                    origin: r.get(3).map_err(spi_err)?,
+                    created_at: r.get(4).map_err(spi_err)?,
                 });
-                from = seq;
+            }
+            Ok::<_, CollabError>(out)
+        })?;
+        let bytes: usize = rows.iter().map(|r| r.update.len()).sum();
+        if (rows.len() as i64) < self.page {
+            self.upto = self.after; // nothing more
+        }
+        if let Some(last) = rows.last() {
+            self.after = last.seq;
+        }
+        self.page = if bytes < Self::PAGE_BYTES / 2 {
+            (self.page * 2).min(Self::MAX_PAGE)
+        } else if bytes > Self::PAGE_BYTES {
+            (self.page / 2).max(1)
+        } else {
+            self.page
+        };
+        self.buf.extend(rows);
+        Ok(())
+    }
+}
+
+impl Iterator for LogPages {
+    type Item = Result<LogRow>;
+
+    fn next(&mut self) -> Option<Result<LogRow>> {
+        if self.buf.is_empty() && self.after < self.upto {
+            if let Err(e) = self.fetch() {
+                self.upto = self.after;
+                return Some(Err(e));
             }
         }
-        let t = query(
-            client,
-            "SELECT seq, update, origin, created_at FROM collab.updates \
-             WHERE doc_id = $1 AND seq > $2 ORDER BY seq",
-            &[INT8, INT8],
-            &[row.id.into(), from.into()],
-        )?;
-        for r in t {
-            out.push(LogRow {
-                seq: r.get(1).map_err(spi_err)?.unwrap_or_default(),
-                update: r.get(2).map_err(spi_err)?.unwrap_or_default(),
-                origin: r.get(3).map_err(spi_err)?,
-                created_at: r.get(4).map_err(spi_err)?,
-            });
-        }
-        Ok(out)
-    })
+        self.buf.pop_front().map(Ok)
+    }
 }
 
 /// Drops history older than `before`, keeping a checkpoint where it is cut so that every

@@ -14,8 +14,10 @@ mod error;
 mod guc;
 mod merge;
 mod notify;
-mod scan;
 mod storage;
+
+/// The byte-level check of Yjs byte strings (its own crate: the bridge runs it too).
+pub(crate) use collab_scan as scan;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

@@ -1,5 +1,6 @@
 //! A byte-level scanner of Yjs v1 updates and state vectors, run on every byte string before
-//! yrs decodes it. No pgrx and no yrs here: plain `#[test]`s cover it.
+//! yrs decodes it, in the extension and in the bridge. No pgrx and no yrs here: plain
+//! `#[test]`s cover it.
 //!
 //! yrs decodes recursively (`Any` values nest through `Any::decode`), reserves memory for
 //! counts read from the input, and adds clocks without overflow checks. A stack overflow is a
@@ -13,8 +14,8 @@
 //! It mirrors what yrs 0.28.1 reads (`Update::decode`, `Update::decode_block`,
 //! `ItemContent::decode`, `Any::decode`, `IdSet::decode`, `StateVector::decode`), including
 //! its quirks, so that both agree on where every struct starts and which ID it has. For each
-//! struct it reports its ID, length and parent reference to a visitor, which
-//! [`crate::depth`] uses to know how deep shared types nest in the document.
+//! struct it reports its ID, length and parent reference to a visitor, which the extension's
+//! `depth` module uses to know how deep shared types nest in the document.
 
 use std::fmt;
 
@@ -537,7 +538,7 @@ pub fn scan_state_vector(bytes: &[u8]) -> Result<usize> {
 }
 
 /// Encoders for hand-built (hostile) updates, shared by the tests of this crate.
-#[cfg(any(test, feature = "pg_test"))]
+#[cfg(any(test, feature = "build"))]
 pub mod build {
     pub fn var(out: &mut Vec<u8>, mut v: u64) {
         loop {

@@ -147,7 +147,7 @@ pub fn decode_awareness_frame(payload: &[u8]) -> Option<AwarenessUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
 
     #[test]
     fn round_trips_sync_messages() {

@@ -19,6 +19,8 @@ mod storage;
 /// The byte-level check of Yjs byte strings (its own crate: the bridge runs it too).
 pub(crate) use collab_scan as scan;
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
 

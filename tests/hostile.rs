@@ -442,3 +442,68 @@ async fn reading_200_large_documents_keeps_the_backend_within_the_cache_budget()
         "peak RSS {peak} kB from {before} kB"
     );
 }
+
+/// Bytes written to checkpoints and WAL while a 5 MB document takes 1 MB of small edits.
+/// Prints the figures (bench/RESULTS.md records them) and checks checkpoints add at most about
+/// one byte per update byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_of_a_large_document_cost_about_one_byte_per_update_byte() {
+    let cluster = Cluster::start();
+    let c = cluster.connect().await;
+    let peer = collab_tests::Peer::new(5);
+    let chunk = "0123456789abcdef".repeat(4096); // 64 kB
+    let mut len = 0u32;
+    for _ in 0..80 {
+        let batch = vec![peer.insert(len, &chunk)];
+        len += chunk.len() as u32;
+        c.query_one("SELECT collab.apply_updates('five', $1)", &[&batch])
+            .await
+            .expect("build");
+    }
+    c.query_one("SELECT collab.compact('five')", &[])
+        .await
+        .expect("compact");
+    let measure = async |c: &Client| -> (i64, i64, String) {
+        let r = c
+            .query_one(
+                "SELECT (SELECT coalesce(sum(octet_length(state)), 0)::int8 FROM collab.checkpoints), \
+                        (SELECT log_bytes FROM collab.documents WHERE name = 'five'), \
+                        pg_current_wal_lsn()::text",
+                &[],
+            )
+            .await
+            .expect("measure");
+        (r.get(0), r.get(1), r.get(2))
+    };
+    let (cp0, log0, wal0) = measure(&c).await;
+    // 1 MB of edits, 256 bytes each, one call each (as a bridge lane would under light load).
+    let edit = "e".repeat(256);
+    for i in 0..4096u32 {
+        let u = peer.insert((i * 7919) % len, &edit);
+        len += 256;
+        c.query_one("SELECT collab.apply_update('five', $1)", &[&u])
+            .await
+            .expect("edit");
+    }
+    let (cp1, log1, wal1) = measure(&c).await;
+    let wal: i64 = c
+        .query_one(
+            "SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::int8",
+            &[&wal1, &wal0],
+        )
+        .await
+        .expect("wal")
+        .get(0);
+    let updates = log1 - log0;
+    let checkpoints = cp1 - cp0;
+    eprintln!(
+        "5 MB document, {updates} update bytes in 4096 updates: {checkpoints} checkpoint bytes \
+         ({:.2} per update byte), {wal} WAL bytes ({:.0} per update)",
+        checkpoints as f64 / updates as f64,
+        wal as f64 / 4096.0
+    );
+    assert!(
+        checkpoints <= 2 * updates,
+        "checkpoints {checkpoints} for {updates}"
+    );
+}

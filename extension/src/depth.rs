@@ -16,7 +16,7 @@
 //! a few words per run of structs (consecutive structs of a client with one parent share a
 //! range), plus one entry per shared type.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::scan::{Id, Kind, ParentRef, Struct};
 
@@ -52,6 +52,8 @@ pub struct Depths {
     types: HashMap<Id, Option<u32>>,
     /// Structs whose parent is copied from a struct not known yet, by that struct's ID.
     by_origin: BTreeMap<Id, Vec<Waiting>>,
+    /// IDs of the structs in `by_origin`.
+    waiting_ids: HashSet<Id>,
     /// Shared types whose parent type's depth is not known yet, by the parent's ID.
     by_parent: HashMap<Id, Vec<Id>>,
     deepest: u32,
@@ -83,6 +85,11 @@ impl Depths {
         self.parent_at(id).is_some()
     }
 
+    /// Whether a struct with this ID waits for its origin already.
+    fn is_waiting(&self, id: Id) -> bool {
+        self.waiting_ids.contains(&id)
+    }
+
     /// Records a run and merges it with the run it continues, if they share a parent.
     fn insert_run(&mut self, id: Id, len: u32, parent: Parent) {
         let runs = self.ranges.entry(id.client).or_default();
@@ -104,6 +111,11 @@ impl Depths {
 
     /// Adds one struct of an update, in the order the update holds them.
     pub fn add(&mut self, s: &Struct, limit: u32) -> Result<(), TooDeep> {
+        // A struct whose ID is known already is one yrs skips (peers resend, and a forged
+        // update may reuse IDs with other parents): the first one seen stays, as in yrs.
+        if self.is_known(s.id) || self.types.contains_key(&s.id) || self.is_waiting(s.id) {
+            return Ok(());
+        }
         let is_type = match s.kind {
             Kind::Skip => return Ok(()),
             Kind::Gc => {
@@ -143,6 +155,7 @@ impl Depths {
                 match self.parent_at(from) {
                     Some(parent) => self.place(waiting, Some(parent), limit),
                     None => {
+                        self.waiting_ids.insert(waiting.id);
                         self.by_origin.entry(from).or_default().push(waiting);
                         Ok(())
                     }
@@ -174,6 +187,9 @@ impl Depths {
             let woken: Vec<Id> = self.by_origin.range(w.id..end).map(|(k, _)| *k).collect();
             for k in woken {
                 if let Some(list) = self.by_origin.remove(&k) {
+                    for x in &list {
+                        self.waiting_ids.remove(&x.id);
+                    }
                     work.extend(list.into_iter().map(|x| (x, Some(parent))));
                 }
             }

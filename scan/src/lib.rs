@@ -326,6 +326,11 @@ fn utf16_len(s: &str) -> u64 {
     }
 }
 
+/// Highest clock a struct or deleted range may reach. yrs adds clocks as `u32` without overflow
+/// checks (in release builds they wrap); keeping every end below 2^31 keeps any sum of two
+/// clocks in range. Honest peers never come near: it is two billion operations per client.
+pub const MAX_CLOCK: u64 = i32::MAX as u64;
+
 const HAS_ORIGIN: u8 = 0b1000_0000;
 const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
 const HAS_PARENT_SUB: u8 = 0b0010_0000;
@@ -435,8 +440,10 @@ pub fn scan_update(bytes: &[u8], limit: u32, mut visit: impl FnMut(&Struct)) -> 
                 continue;
             }
             let end = clock + len;
-            if end > u64::from(u32::MAX) {
-                return malformed(format!("clock range of client {client} overflows"));
+            if end > MAX_CLOCK {
+                return malformed(format!(
+                    "clock range of client {client} ends past {MAX_CLOCK}"
+                ));
             }
             // Runs yrs merges at commit: strings, values and JSON, each item after the last
             // ID of the one before. Memory per item: its encoded bytes plus a word per element.
@@ -517,8 +524,8 @@ fn scan_delete_set(c: &mut Cursor) -> Result<u64> {
         for _ in 0..n {
             let clock = u64::from(c.var_u32()?);
             let len = u64::from(c.var_u32()?);
-            if clock + len > u64::from(u32::MAX) {
-                return malformed("deleted range overflows");
+            if clock + len > MAX_CLOCK {
+                return malformed(format!("deleted range ends past {MAX_CLOCK}"));
             }
         }
         ranges += n as u64;
@@ -744,7 +751,7 @@ mod tests {
         var(&mut d, 1);
         var(&mut d, 3);
         var(&mut d, 1);
-        var(&mut d, u64::from(u32::MAX) - 1);
+        var(&mut d, MAX_CLOCK - 1);
         var(&mut d, 10);
         assert!(matches!(
             scan_update(&d, 64, |_| {}),

@@ -393,8 +393,10 @@ pub fn maybe_compact(row: &mut DocRow, entry: &Entry) -> Result<()> {
     if threshold > 0 && row.tail_bytes >= due && row.checkpoint_seq < row.head_seq {
         let state = merge::state(&entry.doc);
         let head = row.head_seq;
-        if reloadable(&state) {
-            write_checkpoint(row, head, &state)?;
+        match write_checkpoint(row, head, &state) {
+            // Not reloadable: the write goes on, the log stays the source.
+            Err(CollabError::Corrupt { .. }) => {}
+            other => other?,
         }
     }
     Ok(())

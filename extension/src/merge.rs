@@ -146,8 +146,18 @@ pub fn decode_update(bytes: &[u8], limit: usize, nesting: u32) -> Result<Update>
 /// Adds the structs of `bytes` to the document's depth tracker: refused (54001) when shared
 /// types would nest deeper than `nesting` in the document, counting what it already holds.
 pub fn track(depths: &mut Depths, bytes: &[u8], nesting: u32) -> Result<()> {
+    track_with(depths, bytes, nesting, scan::MAX_MERGE_BYTES)
+}
+
+/// [`track`] for bytes read back from storage: no bound on merge memory (see
+/// `scan::scan_update_with`); nesting is still checked.
+fn track_stored(depths: &mut Depths, bytes: &[u8], nesting: u32) -> Result<()> {
+    track_with(depths, bytes, nesting, u64::MAX)
+}
+
+fn track_with(depths: &mut Depths, bytes: &[u8], nesting: u32, max_merge: u64) -> Result<()> {
     let mut deep = None;
-    scan::scan_update(bytes, nesting, |s| {
+    scan::scan_update_with(bytes, nesting, max_merge, |s| {
         if deep.is_none() {
             deep = depths.add(s, nesting).err();
         }
@@ -288,7 +298,7 @@ pub fn apply_stored<'a>(
         if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
             interrupt_point();
         }
-        track(depths, bytes, nesting).map_err(|e| match e {
+        track_stored(depths, bytes, nesting).map_err(|e| match e {
             CollabError::TooComplex(m) => {
                 CollabError::TooComplex(format!("stored document \"{doc_name}\": {m}"))
             }

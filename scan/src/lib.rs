@@ -388,7 +388,19 @@ fn content(c: &mut Cursor, info: u8, limit: u32) -> Result<(u64, bool, u32)> {
 
 /// Scans a whole v1 update, calling `visit` for each struct in order. `limit` bounds the
 /// nesting of values inside content (`collab.max_nesting`).
-pub fn scan_update(bytes: &[u8], limit: u32, mut visit: impl FnMut(&Struct)) -> Result<Summary> {
+pub fn scan_update(bytes: &[u8], limit: u32, visit: impl FnMut(&Struct)) -> Result<Summary> {
+    scan_update_with(bytes, limit, MAX_MERGE_BYTES, visit)
+}
+
+/// [`scan_update`] with another bound on merge memory: `u64::MAX` for bytes read back from
+/// storage, which were checked on the way in (a checkpoint of a large document holds long runs
+/// that yrs merges when it loads them, as it always has).
+pub fn scan_update_with(
+    bytes: &[u8],
+    limit: u32,
+    max_merge: u64,
+    mut visit: impl FnMut(&Struct),
+) -> Result<Summary> {
     let mut c = Cursor::new(bytes);
     let mut summary = Summary::default();
     // A client's section is at least three bytes (count, client, clock).
@@ -485,7 +497,7 @@ pub fn scan_update(bytes: &[u8], limit: u32, mut visit: impl FnMut(&Struct)) -> 
                     }
                 }
                 let pending = run.as_ref().map_or(0, |r| r.cost);
-                if summary.merge_bytes.saturating_add(pending) > MAX_MERGE_BYTES {
+                if summary.merge_bytes.saturating_add(pending) > max_merge {
                     return Err(ScanError::TooCostly {
                         bytes: summary.merge_bytes.saturating_add(pending),
                     });

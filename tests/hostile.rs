@@ -11,6 +11,8 @@ use std::time::Instant;
 use collab_tests::hostile::{self, Shape};
 use collab_tests::Cluster;
 use tokio_postgres::Client;
+use yrs::updates::decoder::Decode;
+use yrs::Transact;
 
 /// SQLSTATE of an error, or "ok".
 fn code<T>(r: Result<T, tokio_postgres::Error>) -> String {
@@ -228,6 +230,23 @@ async fn a_deep_chain_built_one_level_per_update_stops_at_the_limit() {
         }
         assert_eq!(first_refused, Some(limit), "{shape:?}: first level refused");
         assert!(read_all(&c, &doc).await.is_empty(), "{shape:?} reads");
+        if matches!(shape, Shape::Map) {
+            // Deleting the top of the 512-deep chain: yrs deletes (and then collects) nested
+            // types recursively, one frame per level.
+            let peer = yrs::Doc::with_client_id(8);
+            for u in levels.iter().take(limit) {
+                let u = yrs::Update::decode_v1(u).expect("decodes");
+                peer.transact_mut().apply_update(u).expect("applies");
+            }
+            let root = peer.get_or_insert_map("m");
+            let delete = {
+                let mut txn = peer.transact_mut();
+                yrs::Map::remove(&root, &mut txn, "k");
+                txn.encode_update_v1()
+            };
+            assert_eq!(apply(&c, &doc, &delete).await, "ok");
+            assert!(read_all(&c, &doc).await.is_empty(), "reads after the delete");
+        }
         // A cold read (another session, nothing cached) rebuilds and reads it too.
         let cold = cluster.connect().await;
         assert!(read_all(&cold, &doc).await.is_empty(), "{shape:?} cold");

@@ -21,8 +21,9 @@ use yrs::Doc;
 use crate::depth::Depths;
 use crate::guc;
 
-/// Decoded yrs documents take several times their encoded size in memory (measured: about
-/// 6x for text-heavy documents; see README, Limits). The budget uses this estimate.
+/// Decoded yrs documents take several times their encoded size in memory (a struct per item,
+/// the block store, the text). 8 is an assumed factor, not a measured one; the memory test
+/// (tests/hostile.rs) checks the backend's RSS against the budget it implies.
 const BYTES_PER_ENCODED_BYTE: usize = 8;
 
 pub struct Entry {

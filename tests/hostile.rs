@@ -245,7 +245,10 @@ async fn a_deep_chain_built_one_level_per_update_stops_at_the_limit() {
                 txn.encode_update_v1()
             };
             assert_eq!(apply(&c, &doc, &delete).await, "ok");
-            assert!(read_all(&c, &doc).await.is_empty(), "reads after the delete");
+            assert!(
+                read_all(&c, &doc).await.is_empty(),
+                "reads after the delete"
+            );
         }
         // A cold read (another session, nothing cached) rebuilds and reads it too.
         let cold = cluster.connect().await;

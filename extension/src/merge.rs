@@ -166,12 +166,13 @@ fn track_with(depths: &mut Depths, bytes: &[u8], nesting: u32, max_merge: u64) -
     deep.map_or(Ok(()), |e| Err(too_deep(e)))
 }
 
-/// Integrates already decoded updates into `doc`, in order, in one yrs transaction, and
-/// re-encodes what changed: the steps that have been seen to panic on hostile input. `raw` are
-/// the same updates as bytes: their depth in the document is checked before yrs sees them.
+/// Integrates already decoded updates into `doc`, in order, one yrs transaction each, and
+/// re-encodes what a single update changed: the steps that have been seen to panic on hostile
+/// input. `raw` are the same updates as bytes: their depth in the document is checked before
+/// yrs sees them.
 ///
-/// Returns what the batch changed as one update (the notification carries it) unless some of
-/// it is still pending on missing dependencies, in which case the caller merges the raw batch.
+/// Returns what a single update changed (the notification carries it); None for a batch or
+/// when something still waits on missing dependencies: the caller merges the raw batch.
 /// On error the document (and `depths`) may be half-modified and must be discarded.
 pub fn integrate(
     doc: &Doc,
@@ -190,24 +191,22 @@ pub fn integrate(
     // One yrs transaction per update: yrs merges the runs of items a transaction inserted at
     // its commit, at a cost that grows with the square of a run (see scan::MAX_MERGE_BYTES),
     // so a run must not span the updates of a batch. Between two updates PostgreSQL may cancel.
-    let mut parts = Vec::with_capacity(updates.len());
+    // A batch's notification is merged from the raw updates by `notify` (and only when it can
+    // fit a payload), so only a single update has its change encoded here.
     let count = updates.len();
+    let mut changed_single = None;
     for (i, update) in updates.into_iter().enumerate() {
         if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
             interrupt_point();
         }
-        type Outcome = (Vec<u8>, bool, Option<Vec<u8>>);
+        type Outcome = (Option<Vec<u8>>, bool, Option<Vec<u8>>);
         let outcome = guarded(|| -> std::result::Result<Outcome, String> {
-            let (changed, settled, pending) = {
-                let mut txn = doc.transact_mut();
-                txn.apply_update(update).map_err(|e| e.to_string())?;
-                let changed = txn.encode_update_v1();
-                let _ = txn.state_vector().encode_v1();
-                let store = txn.store();
-                let pending = store.pending_update().map(|p| p.update.encode_v1());
-                let settled = pending.is_none() && store.pending_ds().is_none();
-                (changed, settled, pending)
-            };
+            let mut txn = doc.transact_mut();
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+            let changed = (count == 1).then(|| txn.encode_update_v1());
+            let store = txn.store();
+            let pending = store.pending_update().map(|p| p.update.encode_v1());
+            let settled = pending.is_none() && store.pending_ds().is_none();
             Ok((changed, settled, pending))
         });
         match outcome {
@@ -215,9 +214,8 @@ pub fn integrate(
                 if let Some(pending) = pending {
                     check_pending(&pending, nesting)?;
                 }
-                parts.push(changed);
-                if i + 1 == count && !settled {
-                    return Ok(None);
+                if i + 1 == count && settled {
+                    changed_single = changed;
                 }
             }
             Ok(Err(reason)) | Err(reason) => {
@@ -228,8 +226,7 @@ pub fn integrate(
             }
         }
     }
-    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-    Ok(merge_updates(&refs))
+    Ok(changed_single)
 }
 
 /// Whether an encoded state loads again, as a checkpoint must: the fuzzer found forged

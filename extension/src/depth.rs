@@ -307,3 +307,52 @@ mod tests {
         assert!(d.approx_bytes() < 4096);
     }
 }
+
+/// Measures the stack yrs needs per nesting level (`cargo test -p pg_collab --lib --release
+/// -- --ignored stack_per_level --nocapture`): reads, deletes and drops a chain of nested maps
+/// on threads with ever smaller stacks. A probe, not a check: figures are in the README.
+#[cfg(test)]
+#[test]
+#[ignore]
+fn stack_per_level() {
+    use yrs::{Map, MapPrelim, ReadTxn, Transact};
+    fn survives(depth: usize, stack: usize) -> bool {
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || {
+                let doc = yrs::Doc::with_client_id(1);
+                let root = doc.get_or_insert_map("m");
+                {
+                    let mut txn = doc.transact_mut();
+                    let mut cur = root.insert(&mut txn, "k", MapPrelim::default());
+                    for _ in 1..depth {
+                        cur = cur.insert(&mut txn, "k", MapPrelim::default());
+                    }
+                }
+                let bytes = doc
+                    .transact()
+                    .encode_state_as_update_v1(&yrs::StateVector::default());
+                let copy = crate::merge::new_doc();
+                let mut d = Depths::default();
+                crate::merge::apply_stored(&copy, &mut d, "p", [bytes.as_slice()], 100_000)
+                    .expect("loads");
+                let _ = crate::merge::to_json(&copy);
+                let _ = yrs::types::ToJson::to_json(&root, &doc.transact());
+                root.remove(&mut doc.transact_mut(), "k");
+            })
+            .map(|h| h.join().is_ok())
+            .unwrap_or(false)
+    }
+    // A stack overflow aborts the process, so probe from large to small and print as we go.
+    let depth: usize = std::env::var("DEPTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    {
+        for kb in [8192usize, 4096, 2048, 1024, 512, 256, 192, 128, 64] {
+            eprintln!("depth {depth}: trying {kb} kB");
+            assert!(survives(depth, kb * 1024) || kb < 64);
+            eprintln!("depth {depth}: {kb} kB ok");
+        }
+    }
+}

@@ -145,34 +145,39 @@ pub fn decode_update(bytes: &[u8], limit: usize, nesting: u32) -> Result<Update>
 
 /// Adds the structs of `bytes` to the document's depth tracker: refused (54001) when shared
 /// types would nest deeper than `nesting` in the document, counting what it already holds.
-pub fn track(depths: &mut Depths, bytes: &[u8], nesting: u32) -> Result<()> {
+pub fn track(depths: &mut Depths, bytes: &[u8], nesting: u32) -> Result<scan::Summary> {
     track_with(depths, bytes, nesting, scan::MAX_MERGE_BYTES)
 }
 
 /// [`track`] for bytes read back from storage: no bound on merge memory (see
 /// `scan::scan_update_with`); nesting is still checked.
-fn track_stored(depths: &mut Depths, bytes: &[u8], nesting: u32) -> Result<()> {
+fn track_stored(depths: &mut Depths, bytes: &[u8], nesting: u32) -> Result<scan::Summary> {
     track_with(depths, bytes, nesting, u64::MAX)
 }
 
-fn track_with(depths: &mut Depths, bytes: &[u8], nesting: u32, max_merge: u64) -> Result<()> {
+fn track_with(
+    depths: &mut Depths,
+    bytes: &[u8],
+    nesting: u32,
+    max_merge: u64,
+) -> Result<scan::Summary> {
     let mut deep = None;
-    scan::scan_update_with(bytes, nesting, max_merge, |s| {
+    let summary = scan::scan_update_with(bytes, nesting, max_merge, |s| {
         if deep.is_none() {
             deep = depths.add(s, nesting).err();
         }
     })
     .map_err(scan_error)?;
-    deep.map_or(Ok(()), |e| Err(too_deep(e)))
+    deep.map_or(Ok(summary), |e| Err(too_deep(e)))
 }
 
-/// Integrates already decoded updates into `doc`, in order, one yrs transaction each, and
-/// re-encodes what a single update changed: the steps that have been seen to panic on hostile
-/// input. `raw` are the same updates as bytes: their depth in the document is checked before
-/// yrs sees them.
+/// Integrates already decoded updates into `doc`, in order, and re-encodes what changed: the
+/// steps that have been seen to panic on hostile input. `raw` are the same updates as bytes:
+/// their depth in the document is checked before yrs sees them.
 ///
-/// Returns what a single update changed (the notification carries it); None for a batch or
-/// when something still waits on missing dependencies: the caller merges the raw batch.
+/// Returns what the batch changed as one update (the notification carries it) unless some of
+/// it still waits on missing dependencies, or the batch was integrated update by update: then
+/// the caller merges the raw batch.
 /// On error the document (and `depths`) may be half-modified and must be discarded.
 pub fn integrate(
     doc: &Doc,
@@ -182,40 +187,71 @@ pub fn integrate(
     doc_name: &str,
     nesting: u32,
 ) -> Result<Option<Vec<u8>>> {
+    let (mut items, mut bytes_total) = (0u64, 0u64);
     for (i, bytes) in raw.iter().enumerate() {
         if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
             interrupt_point();
         }
-        track(depths, bytes, nesting)?;
+        let summary = track(depths, bytes, nesting)?;
+        items += summary.mergeable_items;
+        bytes_total = bytes_total.saturating_add(summary.mergeable_bytes);
     }
-    // One yrs transaction per update: yrs merges the runs of items a transaction inserted at
-    // its commit, at a cost that grows with the square of a run (see scan::MAX_MERGE_BYTES),
-    // so a run must not span the updates of a batch. Between two updates PostgreSQL may cancel.
-    // A batch's notification is merged from the raw updates by `notify` (and only when it can
-    // fit a payload), so only a single update has its change encoded here.
-    let count = updates.len();
-    let mut changed_single = None;
+    // yrs merges the runs of items a transaction inserted at its commit, at a cost that grows
+    // with the square of a run (see scan::MAX_MERGE_BYTES). Within one update the scanner
+    // bounds it; across the updates of a batch, a run costs at most the batch's mergeable items
+    // times their bytes. Under the bound (keystroke batches) the batch is one yrs transaction,
+    // as fast as before; above it, one transaction per update, so no run spans two updates
+    // (and PostgreSQL may cancel between them).
+    if raw.len() > 1 && items.saturating_mul(bytes_total) > scan::MAX_MERGE_BYTES {
+        return integrate_one_by_one(doc, updates, doc_name, nesting);
+    }
+    /// What changed, what waits (encoded), and whether nothing waits.
+    type Outcome = (Vec<u8>, Option<Vec<u8>>, bool);
+    let outcome = guarded(|| -> std::result::Result<Outcome, String> {
+        let mut txn = doc.transact_mut();
+        for update in updates {
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+        }
+        let changed = txn.encode_update_v1();
+        let store = txn.store();
+        let pending = store.pending_update().map(|p| p.update.encode_v1());
+        let settled = pending.is_none() && store.pending_ds().is_none();
+        Ok((changed, pending, settled))
+    });
+    match outcome {
+        Ok(Ok((changed, pending, settled))) => {
+            if let Some(pending) = pending {
+                check_pending(&pending, nesting)?;
+            }
+            Ok(settled.then_some(changed))
+        }
+        Ok(Err(reason)) | Err(reason) => Err(CollabError::Unintegrable {
+            doc: doc_name.to_string(),
+            reason,
+        }),
+    }
+}
+
+/// [`integrate`] for a batch whose runs could cost too much in one transaction.
+fn integrate_one_by_one(
+    doc: &Doc,
+    updates: Vec<Update>,
+    doc_name: &str,
+    nesting: u32,
+) -> Result<Option<Vec<u8>>> {
     for (i, update) in updates.into_iter().enumerate() {
         if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
             interrupt_point();
         }
-        type Outcome = (Option<Vec<u8>>, bool, Option<Vec<u8>>);
-        let outcome = guarded(|| -> std::result::Result<Outcome, String> {
+        let outcome = guarded(|| -> std::result::Result<Option<Vec<u8>>, String> {
             let mut txn = doc.transact_mut();
             txn.apply_update(update).map_err(|e| e.to_string())?;
-            let changed = (count == 1).then(|| txn.encode_update_v1());
-            let store = txn.store();
-            let pending = store.pending_update().map(|p| p.update.encode_v1());
-            let settled = pending.is_none() && store.pending_ds().is_none();
-            Ok((changed, settled, pending))
+            Ok(txn.store().pending_update().map(|p| p.update.encode_v1()))
         });
         match outcome {
-            Ok(Ok((changed, settled, pending))) => {
+            Ok(Ok(pending)) => {
                 if let Some(pending) = pending {
                     check_pending(&pending, nesting)?;
-                }
-                if i + 1 == count && settled {
-                    changed_single = changed;
                 }
             }
             Ok(Err(reason)) | Err(reason) => {
@@ -226,7 +262,8 @@ pub fn integrate(
             }
         }
     }
-    Ok(changed_single)
+    // The notification merges the raw batch when it fits a payload.
+    Ok(None)
 }
 
 /// Whether an encoded state loads again, as a checkpoint must: the fuzzer found forged

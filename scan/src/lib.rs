@@ -123,6 +123,10 @@ pub struct Summary {
     pub max_value_depth: u32,
     /// Memory yrs would take to merge this update's runs of items (see [`MAX_MERGE_BYTES`]).
     pub merge_bytes: u64,
+    /// Items yrs could merge (strings, values, JSON) and their memory: what a batch of updates
+    /// integrated in one transaction could merge across updates is at most their product.
+    pub mergeable_items: u64,
+    pub mergeable_bytes: u64,
 }
 
 /// A lib0 v1 reader that never trusts a length.
@@ -467,6 +471,8 @@ pub fn scan_update_with(
                     _ => 0,  // text: its bytes
                 };
                 let bytes = (c.pos - struct_start) as u64 + per_element * len;
+                summary.mergeable_items += 1;
+                summary.mergeable_bytes = summary.mergeable_bytes.saturating_add(bytes);
                 let continues = run.as_ref().is_some_and(|r| {
                     r.end == clock
                         && r.kind == kind_bits

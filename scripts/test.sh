@@ -33,5 +33,5 @@ say "reinstalling the release build of the extension"
 (cd extension && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null 2>&1)
 
 say "trace loader, end-to-end tests of the extension and of collab-bridge (real PostgreSQL, real bridges, stock Yjs clients, headless Chromium)"
-cargo test -p collab-trace -p collab-tests -p collab-bridge -p collab-bench
+cargo test -p collab-scan -p collab-trace -p collab-tests -p collab-bridge -p collab-bench
 say "all tests passed"

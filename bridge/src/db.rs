@@ -678,12 +678,20 @@ pub struct LogRow {
     pub origin: Option<String>,
 }
 
-pub async fn updates_since(pool: &Pool, doc: &str, seq: i64) -> Result<Vec<LogRow>> {
+/// At most `limit` rows of `collab.updates_since(doc, seq)`: the extension reads its log a
+/// page at a time and stops at the limit, so a catch-up costs a page of memory on both sides.
+pub async fn updates_since(pool: &Pool, doc: &str, seq: i64, limit: i64) -> Result<Vec<LogRow>> {
     let c = client(pool).await?;
     let st = c
-        .prepare_cached("SELECT seq, update, origin FROM collab.updates_since($1, $2)")
+        // In the select list (ProjectSet) the function is asked for rows one at a time and the
+        // LIMIT stops it: in FROM, PostgreSQL would first run it to the end into a tuplestore,
+        // so every page of a long catch-up would read the whole rest of the log.
+        .prepare_cached(
+            "SELECT (r).seq, (r).update, (r).origin \
+             FROM (SELECT collab.updates_since($1, $2) AS r LIMIT $3) page",
+        )
         .await?;
-    c.query(&st, &[&doc, &seq])
+    c.query(&st, &[&doc, &seq, &limit])
         .await?
         .into_iter()
         .map(|r| {

@@ -175,7 +175,7 @@ impl From<tokio_postgres::Error> for Error {
         };
         let msg = db.message().to_string();
         match db.code().code() {
-            "22P03" | "22000" | "22003" => Error::UpdateRejected(msg),
+            "22P03" | "22000" | "22003" | "54001" => Error::UpdateRejected(msg),
             "54000" => Error::TooLarge(msg),
             "55000" => Error::HistoryPruned(msg),
             "22023" => Error::InvalidDocName(msg),

@@ -664,17 +664,40 @@ async fn handle_event(
 /// outage on a busy document does not overflow every client's send queue.
 const MERGE_ABOVE_ROWS: usize = 4;
 
-/// Delivers every stored update after `last`; returns the new last sequence.
-async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
+/// Rows fetched per catch-up query: a long log is caught up a page at a time.
+const CATCH_UP_PAGE_ROWS: i64 = 1000;
+
+/// Delivers every stored update after `last`, a page at a time; returns the new last sequence.
+async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, mut last: i64) -> i64 {
+    loop {
+        match catch_up_page(room, ctx, last).await {
+            Ok((new_last, full)) => {
+                if !full || new_last == last {
+                    return new_last;
+                }
+                last = new_last;
+            }
+            Err(()) => return catch_up_retry(room, last),
+        }
+    }
+}
+
+/// One page of a catch-up: the new last sequence, and whether the page was full.
+async fn catch_up_page(
+    room: &Arc<Room>,
+    ctx: &Arc<HubCtx>,
+    last: i64,
+) -> std::result::Result<(i64, bool), ()> {
     ctx.metrics
         .catchup_fetches
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let fetched = {
         let _slot = ctx.catchup_slots.acquire().await;
-        db::updates_since(&ctx.pool, &room.name, last).await
+        db::updates_since(&ctx.pool, &room.name, last, CATCH_UP_PAGE_ROWS).await
     };
     match fetched {
         Ok(rows) => {
+            let full = rows.len() as i64 == CATCH_UP_PAGE_ROWS;
             // A pruned history starts with the checkpoint row, whatever its sequence.
             let rows: Vec<db::LogRow> = rows
                 .into_iter()
@@ -688,7 +711,7 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
                     if head < last {
                         tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
                         room.kick_all(Error::Deleted);
-                        return 0;
+                        return Ok((0, false));
                     }
                 }
             }
@@ -710,12 +733,12 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
                             _ => None,
                         };
                         send_update(room, ctx, update, origin.as_deref());
-                        return new_last;
+                        return Ok((new_last, full));
                     }
                     Ok((None, updates)) => updates,
                     Err(e) => {
                         tracing::warn!(doc = %room.name, "merging for catch-up failed: {e}");
-                        return catch_up_retry(room, last);
+                        return Err(());
                     }
                 }
             } else {
@@ -724,18 +747,18 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> i64 {
             for (update, origin) in updates.into_iter().zip(origins) {
                 send_update(room, ctx, update, origin.as_deref());
             }
-            new_last
+            Ok((new_last, full))
         }
         // The log ends before what this room delivered: the document was deleted (and maybe
         // written anew) and the `deleted` notification was lost. Retrying cannot help.
         Err(Error::UpdateRejected(e)) => {
             tracing::info!(doc = %room.name, "log behind the room ({e}): document was deleted");
             room.kick_all(Error::Deleted);
-            0
+            Ok((0, false))
         }
         Err(e) => {
             tracing::warn!(doc = %room.name, "catching up failed: {e}; retrying");
-            catch_up_retry(room, last)
+            Err(())
         }
     }
 }

@@ -13,7 +13,7 @@ use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, StateVector, Update};
+use yrs::{ClientID, StateVector};
 
 use crate::error::{Error, Result};
 
@@ -35,6 +35,10 @@ pub enum Incoming {
     /// A message type this bridge does not know; ignored.
     Custom(u8),
 }
+
+/// Deepest nesting of values the bridge accepts: the extension's highest `collab.max_nesting`
+/// (the scanner itself does not recurse).
+const MAX_VALUE_NESTING: u32 = 4096;
 
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f))
@@ -64,9 +68,13 @@ pub fn decode(frame: &[u8]) -> Result<Incoming> {
 
 /// Checks that `update` is a decodable Yjs v1 update; returns whether it changes anything.
 pub fn check_update(update: &[u8]) -> Result<bool> {
-    let decoded = guarded(|| Update::decode_v1(update))?
+    // Checked by the byte-level scanner only, never decoded by yrs here: yrs decodes nested
+    // values recursively and a 2 MB tokio worker stack overflows long before PostgreSQL's
+    // limit. The scanner refuses what is malformed or lies about its lengths; PostgreSQL
+    // applies `collab.max_nesting` (and everything else) when the update is stored.
+    let summary = collab_scan::scan_update(update, MAX_VALUE_NESTING, |_| {})
         .map_err(|e| Error::Malformed(format!("invalid Yjs update: {e}")))?;
-    Ok(!decoded.is_empty())
+    Ok(summary.structs > 0 || summary.deleted_ranges > 0)
 }
 
 /// Several v1 updates as one (None if yrs cannot merge them).
@@ -76,6 +84,8 @@ pub fn merge(updates: &[Vec<u8>]) -> Option<Vec<u8>> {
 
 /// Checks that `sv` decodes as a v1 state vector.
 pub fn check_state_vector(sv: &[u8]) -> Result<()> {
+    collab_scan::scan_state_vector(sv)
+        .map_err(|e| Error::Malformed(format!("invalid state vector: {e}")))?;
     guarded(|| StateVector::decode_v1(sv))?
         .map(|_| ())
         .map_err(|e| Error::Malformed(format!("invalid state vector: {e}")))
@@ -137,7 +147,7 @@ pub fn decode_awareness_frame(payload: &[u8]) -> Option<AwarenessUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
 
     #[test]
     fn round_trips_sync_messages() {

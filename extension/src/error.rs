@@ -24,6 +24,9 @@ pub enum CollabError {
     Unintegrable { doc: String, reason: String },
     #[error("malformed state vector: {0}")]
     MalformedStateVector(String),
+    /// Nesting deeper than `collab.max_nesting`, or an update too costly to integrate.
+    #[error("{0}")]
+    TooComplex(String),
     #[error("{0}")]
     OutOfRange(String),
     #[error("field \"{field}\" of document \"{doc}\" is a {actual}, not text")]
@@ -70,6 +73,7 @@ impl CollabError {
             | CollabError::MalformedUpdate(_)
             | CollabError::MalformedStateVector(_) => ERRCODE_INVALID_BINARY_REPRESENTATION,
             CollabError::Unintegrable { .. } => ERRCODE_DATA_EXCEPTION,
+            CollabError::TooComplex(_) => ERRCODE_STATEMENT_TOO_COMPLEX,
             CollabError::UpdateTooLarge { .. } | CollabError::PayloadTooLarge { .. } => {
                 ERRCODE_PROGRAM_LIMIT_EXCEEDED
             }

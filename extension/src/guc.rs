@@ -7,6 +7,15 @@ pub static COMPACT_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(256 * 102
 pub static CACHE_DOCUMENTS: GucSetting<i32> = GucSetting::<i32>::new(32);
 /// The DBA's cap on `collab.cache_documents`, which any role may set (the bridge sizes it).
 pub static CACHE_DOCUMENTS_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1024);
+/// Default 512: ProseMirror/Tiptap documents nest tens of levels (lists in tables in
+/// blockquotes rarely pass 30); yrs's remaining recursions (deleting and collecting nested
+/// types, encoding values) then stay far inside PostgreSQL's stack (see README, Limits).
+pub static MAX_NESTING: GucSetting<i32> = GucSetting::<i32>::new(512);
+/// The highest `collab.max_nesting` a DBA can set: past it, yrs's recursions could approach
+/// the 8 MB thread stack even with PostgreSQL's own frames below them.
+pub const MAX_NESTING_CEILING: i32 = 4096;
+/// Per-backend budget of the document cache, in kB (64 MB).
+pub static CACHE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 
 pub fn register() {
     GucRegistry::define_int_guc(
@@ -51,6 +60,36 @@ the memory it can make a backend use.",
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"collab.max_nesting",
+        c"Deepest nesting of shared types in a document, and of values inside content.",
+        c"Updates that would nest deeper are refused with SQLSTATE 54001; yrs recurses once per \
+level when it reads, deletes or collects nested types, so this bounds its stack use.",
+        &MAX_NESTING,
+        1,
+        MAX_NESTING_CEILING,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"collab.cache_bytes",
+        c"Memory each backend may use for decoded documents (estimated), in kB.",
+        c"Past it the least recently used documents are dropped, even ones this transaction \
+changed (they are rebuilt from its own rows). Only a superuser can raise it.",
+        &CACHE_KB,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+}
+
+pub fn max_nesting() -> u32 {
+    MAX_NESTING.get().clamp(1, MAX_NESTING_CEILING) as u32
+}
+
+pub fn cache_bytes() -> usize {
+    (CACHE_KB.get().max(0) as usize).saturating_mul(1024)
 }
 
 pub fn max_update_bytes() -> usize {

@@ -1,7 +1,8 @@
 //! pg_collab: collaborative (Yjs) documents stored, validated and merged inside PostgreSQL.
 //!
 //! Layout: `api` holds the SQL surface (thin `#[pg_extern]` wrappers); `merge` the pure yrs
-//! logic; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
+//! logic; `scan` the byte-level check of every Yjs byte string; `depth` the nesting of shared
+//! types; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
 //! `notify` the sealed NOTIFY payloads; `rights` who may do what, and running as the owner;
 //! `guard` the DROP EXTENSION guard; `guc` the settings; `error` the SQLSTATE mapping.
 
@@ -9,6 +10,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod cache;
+mod depth;
 mod error;
 mod guard;
 mod guc;
@@ -17,6 +19,11 @@ mod notify;
 mod rights;
 mod storage;
 
+/// The byte-level check of Yjs byte strings (its own crate: the bridge runs it too).
+pub(crate) use collab_scan as scan;
+
+#[cfg(test)]
+mod fuzz;
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
 
@@ -32,6 +39,12 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     cache::register_callbacks();
     rights::register_callbacks();
+    merge::set_interrupt_point(check_interrupts);
+}
+
+/// What long loops in `merge` call: a pending cancel or timeout raises its ERROR here.
+fn check_interrupts() {
+    pgrx::check_for_interrupts!();
 }
 
 /// Required by `cargo pgrx test`.

@@ -634,4 +634,109 @@ mod tests {
         let _: Vec<u8> = one("SELECT collab.state('fuzz')");
         let _: pgrx::JsonB = one("SELECT collab.to_json('fuzz')");
     }
+
+    #[pg_test]
+    fn nesting_past_the_limit_is_refused_in_one_update_and_level_by_level() {
+        use crate::scan::build;
+        Spi::run("SET collab.max_nesting = 50").expect("set");
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT collab.apply_update('deep', '\\x{}')",
+                hex(&build::nested_maps("m", 51))
+            )),
+            "54001"
+        );
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT collab.apply_update('deep', '\\x{}')",
+                hex(&build::any_item("m", "k", &build::nested_any(51, true)))
+            )),
+            "54001"
+        );
+        for level in 0..50 {
+            apply("levels", &build::nested_map_level("m", level));
+        }
+        assert_eq!(
+            sqlstate(&format!(
+                "SELECT collab.apply_update('levels', '\\x{}')",
+                hex(&build::nested_map_level("m", 50))
+            )),
+            "54001"
+        );
+        let json: pgrx::JsonB = one("SELECT collab.to_json('levels')");
+        let mut depth = 0;
+        let mut cur = &json.0["m"];
+        while let Some(next) = cur.get("k") {
+            depth += 1;
+            cur = next;
+        }
+        assert_eq!(depth, 50);
+        // A lower limit later: the stored document fails cleanly, the log still reads.
+        Spi::run("SET collab.max_nesting = 10; SET collab.cache_documents = 0").expect("set");
+        assert_eq!(sqlstate("SELECT collab.text_at('levels', 50)"), "54001");
+        assert_eq!(
+            count("SELECT count(*) FROM collab.updates_since('levels', 0)"),
+            50
+        );
+    }
+
+    #[pg_test]
+    fn the_cache_keeps_its_byte_budget_and_evicted_writes_stay_undoable() {
+        Spi::run("SET collab.cache_bytes = '256kB'").expect("set");
+        for i in 0..20 {
+            Spi::run(&format!(
+                "SELECT collab.insert_text('budget{i}', 'content', 0, repeat('x', 10000))"
+            ))
+            .expect("write");
+            assert!(crate::cache::held_bytes() <= 256 * 1024);
+        }
+        // A document this subtransaction wrote is evicted (dirty or not), read again (rebuilt
+        // from the subtransaction's own rows), then the subtransaction rolls back: what it
+        // wrote must not survive in the cache.
+        Spi::run("SET collab.cache_documents = 1").expect("set");
+        Spi::run("SELECT collab.insert_text('undo', 'content', 0, 'kept')").expect("write");
+        Spi::run(
+            "DO $$ BEGIN \
+               PERFORM collab.insert_text('undo', 'content', 0, 'gone '); \
+               PERFORM collab.insert_text('other', 'content', 0, 'x'); \
+               PERFORM collab.text('undo'); \
+               RAISE EXCEPTION 'undo'; \
+             EXCEPTION WHEN raise_exception THEN NULL; END $$",
+        )
+        .expect("rolled back");
+        assert_eq!(text_of("undo"), "kept");
+    }
+
+    #[pg_test]
+    fn updates_since_pages_through_a_long_log_in_order() {
+        let p = Peer::new(9);
+        let mut batch = Vec::new();
+        for i in 0..3000u32 {
+            batch.push(format!("'\\x{}'::bytea", hex(&p.insert(i, "x"))));
+        }
+        Spi::run(&format!(
+            "SELECT collab.apply_updates('paged', ARRAY[{}])",
+            batch.join(",")
+        ))
+        .expect("batch");
+        // Every row once, in order, across many pages; LIMIT stops reading early.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (ORDER BY ord) AS prev \
+                 FROM collab.updates_since('paged', 100) WITH ORDINALITY AS u(seq, update, \
+                 origin, created_at, ord)) s WHERE prev IS NULL OR seq = prev + 1"
+            ),
+            2900
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM (SELECT * FROM collab.updates_since('paged', 0) LIMIT 5) l"
+            ),
+            5
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM collab.updates_since('paged', 3000)"),
+            0
+        );
+    }
 }

@@ -3,6 +3,8 @@
 //!
 //! The extension must be installed into the system PostgreSQL (scripts/setup.sh does it).
 
+pub mod hostile;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -113,15 +113,16 @@ fn updates_since(
         let name = doc_name(doc)?;
         let seq = required(seq, "seq")?;
         guarded(name, Right::Read, || match storage::find(name)? {
-            None => Ok(Vec::new()),
+            None => Ok(storage::LogPages::empty()),
             Some(row) => storage::rows_since(&row, seq),
         })
     })()
     .or_raise();
-    TableIterator::new(
-        rows.into_iter()
-            .map(|r| (r.seq, r.update, r.origin, r.created_at)),
-    )
+    // Rows are read a page at a time as PostgreSQL asks for them (one per call).
+    TableIterator::new(rows.map(|r| {
+        let r = r.or_raise();
+        (r.seq, r.update, r.origin, r.created_at)
+    }))
 }
 
 /// Drops log rows and checkpoints older than `before`, keeping a checkpoint where history is

@@ -11,7 +11,9 @@ mod write;
 use yrs::Doc;
 
 use crate::cache;
+use crate::depth::Depths;
 use crate::error::{required, CollabError, Result};
+use crate::guc;
 use crate::merge;
 use crate::rights::{self, Right};
 use crate::storage;
@@ -67,6 +69,9 @@ fn read_unchecked<T>(name: &str, f: impl FnOnce(&Doc) -> Result<T>) -> Result<T>
 struct Batch {
     updates: Vec<Vec<u8>>,
     combined: Option<Vec<u8>>,
+    /// Made by an SQL edit on the document: its structs are added to the depth tracker after
+    /// the fact (an edit of a text never nests anything). Client updates are checked before.
+    local: bool,
 }
 
 impl From<Vec<u8>> for Batch {
@@ -74,6 +79,7 @@ impl From<Vec<u8>> for Batch {
         Batch {
             updates: vec![update],
             combined: None,
+            local: true,
         }
     }
 }
@@ -83,7 +89,7 @@ impl From<Vec<u8>> for Batch {
 fn write(
     name: &str,
     origin: Option<&str>,
-    f: impl FnOnce(&Doc) -> Result<Option<Batch>>,
+    f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch>>,
 ) -> Result<i64> {
     guarded(name, Right::Write, || write_unchecked(name, origin, f))
 }
@@ -91,13 +97,13 @@ fn write(
 fn write_unchecked(
     name: &str,
     origin: Option<&str>,
-    f: impl FnOnce(&Doc) -> Result<Option<Batch>>,
+    f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch>>,
 ) -> Result<i64> {
     crate::guard::ensure()?;
     let mut row = storage::lock(name, true)?
         .ok_or_else(|| CollabError::Internal("document row vanished".into()))?;
     let mut entry = storage::open(&row)?;
-    let batch = match f(&entry.doc) {
+    let batch = match f(&entry.doc, &mut entry.depths) {
         Ok(Some(batch)) => batch,
         Ok(None) => {
             cache::put(entry);
@@ -110,7 +116,14 @@ fn write_unchecked(
             return Err(e);
         }
     };
+    if batch.local {
+        for u in &batch.updates {
+            merge::track(&mut entry.depths, u, guc::max_nesting())?;
+        }
+    }
     entry.dirty = true;
+    cache::mark_written(entry.doc_id);
+    entry.encoded_bytes += batch.updates.iter().map(Vec::len).sum::<usize>();
     let seq = storage::append(&mut row, &batch.updates, batch.combined.as_deref(), origin)?;
     entry.seq = seq;
     storage::maybe_compact(&mut row, &entry)?;

@@ -11,12 +11,13 @@ use crate::{guc, merge, storage};
 /// notification. Returns the last sequence assigned.
 fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64> {
     let limit = guc::max_update_bytes();
+    let nesting = guc::max_nesting();
     let batch = updates.len() > 1;
     let decoded = updates
         .iter()
         .enumerate()
         .map(|(i, u)| {
-            merge::decode_update(u, limit).map_err(|e| match e {
+            merge::decode_update(u, limit, nesting).map_err(|e| match e {
                 CollabError::MalformedUpdate(m) if batch => {
                     CollabError::MalformedUpdate(format!("updates[{}]: {m}", i + 1))
                 }
@@ -24,11 +25,15 @@ fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64>
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    write(name, origin, |doc| {
+    write(name, origin, |doc, depths| {
         // The update must integrate into the current document before it is stored: one that
-        // makes yrs fail would otherwise make the document unreadable for everyone.
-        let combined = merge::integrate(doc, decoded, name)?;
-        Ok(Some(Batch { updates, combined }))
+        // makes yrs fail, or nests too deep in it, would make the document unreadable.
+        let combined = merge::integrate(doc, depths, &updates, decoded, name, nesting)?;
+        Ok(Some(Batch {
+            updates,
+            combined,
+            local: false,
+        }))
     })
 }
 
@@ -90,7 +95,7 @@ fn insert_text(
         let field = field_name(field)?;
         let position = required(position, "position")?;
         let value = required(value, "text")?;
-        write(name, None, |d| {
+        write(name, None, |d, _| {
             Ok(merge::insert_text(d, name, field, i64::from(position), value)?.map(Batch::from))
         })
     })()
@@ -111,7 +116,7 @@ fn delete_text(
         let field = field_name(field)?;
         let position = required(position, "position")?;
         let length = required(length, "length")?;
-        write(name, None, |d| {
+        write(name, None, |d, _| {
             Ok(
                 merge::delete_text(d, name, field, i64::from(position), i64::from(length))?
                     .map(Batch::from),
@@ -129,7 +134,7 @@ fn set_text(doc: Option<&str>, field: Option<&str>, new_text: Option<&str>) -> i
         let name = doc_name(doc)?;
         let field = field_name(field)?;
         let new_text = required(new_text, "new_text")?;
-        write(name, None, |d| {
+        write(name, None, |d, _| {
             Ok(merge::set_text(d, name, field, new_text)?.map(Batch::from))
         })
     })()

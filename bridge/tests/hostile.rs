@@ -36,10 +36,13 @@ async fn hostile_updates_through_websocket_and_http_crash_nothing() {
     let auth = format!("Bearer {t}");
     let h = [("authorization", auth.as_str())];
     let mut docs = Vec::new();
-    for case in hostile::corpus() {
-        // Over WebSocket: one connection per case (a refused update closes it).
+    for (i, case) in hostile::corpus().into_iter().enumerate() {
+        // Over WebSocket: one connection per case (a refused update closes it), each as a
+        // subject of its own: a refusal turns the refused subject's next connections away for
+        // a while (it costs the sender), which would refuse the next case.
         let ws_doc = format!("ws/{}", case.name);
-        let c = YClient::connect(&b.ws_url(&ws_doc), Some(&t)).await;
+        let attacker = token_for(&format!("attacker-{i}"), serde_json::json!({}));
+        let c = YClient::connect(&b.ws_url(&ws_doc), Some(&attacker)).await;
         c.wait_synced().await;
         for u in &case.updates {
             c.send_raw(sync_step2(u));
@@ -86,8 +89,9 @@ async fn hostile_updates_through_websocket_and_http_crash_nothing() {
             String::from_utf8_lossy(&r.body)
         );
     }
-    // An honest document written over WebSocket after all that.
-    let c = YClient::connect(&b.ws_url("after"), Some(&t)).await;
+    // An honest document written over WebSocket after all that, by someone else.
+    let honest = token_for("honest", serde_json::json!({}));
+    let c = YClient::connect(&b.ws_url("after"), Some(&honest)).await;
     c.wait_synced().await;
     c.insert(0, "still serving");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

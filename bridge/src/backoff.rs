@@ -1,4 +1,6 @@
-//! Exponential backoff with jitter, for reconnecting to the database (listener, room catch-up).
+//! The bridge's one retry policy: exponential backoff with jitter. Used for the listener's
+//! reconnects, a room's failing catch-ups and a write lane's connection. (The refusal back-off
+//! of subjects in limits.rs is a penalty, not a retry: it doubles without jitter.)
 
 use std::time::Duration;
 

@@ -177,6 +177,8 @@ pub struct Room {
     /// Events with the instant their notification arrived.
     events: mpsc::Sender<(Instant, RoomEvent)>,
     catchup: Notify,
+    /// Spaces out the retries of a failing catch-up (reset when one succeeds).
+    catchup_backoff: Mutex<Backoff>,
     ready: watch::Receiver<bool>,
     stop: CancellationToken,
     awareness: Mutex<HashMap<u64, AwarenessState>>,
@@ -430,6 +432,10 @@ impl Hub {
                     conns: Mutex::new(HashMap::new()),
                     events,
                     catchup: Notify::new(),
+                    catchup_backoff: Mutex::new(Backoff::new(
+                        Duration::from_millis(250),
+                        Duration::from_secs(10),
+                    )),
                     ready,
                     stop: self.cancel.child_token(),
                     awareness: Mutex::new(HashMap::new()),
@@ -672,6 +678,7 @@ async fn catch_up(room: &Arc<Room>, ctx: &Arc<HubCtx>, mut last: i64) -> i64 {
     loop {
         match catch_up_page(room, ctx, last).await {
             Ok((new_last, full)) => {
+                lock(&room.catchup_backoff).reset();
                 if !full || new_last == last {
                     return new_last;
                 }
@@ -765,9 +772,10 @@ async fn catch_up_page(
 
 /// Schedules another catch-up attempt; returns `last` unchanged.
 fn catch_up_retry(room: &Arc<Room>, last: i64) -> i64 {
+    let delay = lock(&room.catchup_backoff).next_delay();
     let room = room.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(delay).await;
         room.catchup.notify_one();
     });
     last

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod pgconn;
 pub mod protocol;
 pub mod upgrade;
 pub mod ws;
@@ -64,7 +65,7 @@ pub struct Shared {
     pub expensive_slots: Arc<Semaphore>,
     /// Bytes of client updates waiting to be stored, across the bridge.
     pub write_budget: Arc<Semaphore>,
-    listener_pg: db::PgTarget,
+    listener_pg: pgconn::PgTarget,
     lag: Arc<LagTracker>,
     next_conn_id: AtomicU64,
 }
@@ -108,12 +109,12 @@ impl AppState {
         }
         let ca_file = cfg.database_ca_file.as_deref();
         let password = database_password(&cfg)?;
-        let target = |name: String| -> Result<db::PgTarget, String> {
-            let mut t = db::pg_config(&cfg.database_url, ca_file, &name)?;
+        let target = |name: String| -> Result<pgconn::PgTarget, String> {
+            let mut t = pgconn::pg_config(&cfg.database_url, ca_file, &name)?;
             session_settings(&mut t.config, &cfg, password.as_deref());
             Ok(t)
         };
-        let pool = db::pool(target(format!("collab-bridge {bridge_id}"))?, cfg.pool_size)?;
+        let pool = pgconn::pool(target(format!("collab-bridge {bridge_id}"))?, cfg.pool_size)?;
         let listener_pg = target(format!("collab-bridge-listener {bridge_id}"))?;
         let metrics = Arc::new(Metrics::default());
         let lag = Arc::new(LagTracker::default());

@@ -77,7 +77,7 @@ async fn fetch_trust(client: &tokio_postgres::Client) -> Result<Trust, String> {
 
 pub struct Listener {
     /// Connection settings and TLS policy (shared with the pool).
-    pub pg: crate::db::PgTarget,
+    pub pg: crate::pgconn::PgTarget,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub lag: Arc<LagTracker>,
@@ -117,7 +117,7 @@ impl Listener {
             // The causes too: why a TLS handshake failed is only there.
             r = self.pg.connect() => r.map_err(|e| match e.as_db_error() {
                 Some(_) => describe(&e),
-                None => crate::db::error_chain(&e),
+                None => crate::pgconn::error_chain(&e),
             })?,
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<Notification>();

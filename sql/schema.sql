@@ -41,6 +41,20 @@ CREATE TABLE checkpoints (
     PRIMARY KEY (doc_id, seq)
 );
 
+-- Checkpoints are whole document states (100 kB to several MB) and are written inside a
+-- client's write, under the document's row lock: lz4 compresses them about 7x faster than
+-- PostgreSQL's default pglz and reads them back 5x faster, for about 15% more space (measured
+-- on the editing traces: bench/RESULTS.md). Large updates (pastes) gain the same way; small
+-- ones are never compressed. A server built without lz4 keeps its default.
+DO $lz4$
+BEGIN
+    ALTER TABLE @extschema@.checkpoints ALTER COLUMN state SET COMPRESSION lz4;
+    ALTER TABLE @extschema@.updates ALTER COLUMN update SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'pg_collab: this server has no lz4; checkpoints keep the default compression';
+END
+$lz4$;
+
 COMMENT ON TABLE documents IS
   'One row per collaborative document (a Yjs room), created on first write. head_seq is the '
   'last log sequence; checkpoint_seq the newest checkpoint; history_from the sequence below '

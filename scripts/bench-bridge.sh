@@ -25,20 +25,7 @@ quiet_busy="${QUIET_BUSY:-20}"
 "$ROOT/scripts/setup.sh" >/dev/null
 cargo build --release -p collab-bridge -p collab-bench --bins --quiet
 
-dir="$(mktemp -d /tmp/pg_collab-bench.XXXXXX)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-say "machine: $(machine)"
-
-pgport="$(free_port)"
-start_throwaway_cluster "$dir" "$pgport"
-psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pgport" -U postgres)
-url="postgres://postgres@127.0.0.1:$pgport/postgres"
+bench_cluster bench
 postmaster="$(head -1 "$dir/data/postmaster.pid")"
 say "cluster: $("${psql[@]}" -Atc "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings
     WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', 'shared_buffers', 'max_connections')")"

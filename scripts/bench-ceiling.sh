@@ -11,18 +11,7 @@ secs="${1:-10}"
 rates="${RATES:-120 150 200 250}"
 "$ROOT/scripts/setup.sh" >/dev/null
 cargo build --release -p collab-bridge -p collab-bench --bins --quiet
-dir="$(mktemp -d /tmp/pg_collab-ceiling.XXXXXX)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-say "machine: $(machine)"
-pgport="$(free_port)"
-start_throwaway_cluster "$dir" "$pgport"
-url="postgres://postgres@127.0.0.1:$pgport/postgres"
+bench_cluster ceiling
 postmaster="$(head -1 "$dir/data/postmaster.pid")"
 secret="bench-secret-bench-secret-bench-secret"
 token="$(write_all_token "$secret")"

@@ -17,19 +17,7 @@ cargo build --release -p collab-bridge -p collab-bench --bins --quiet
 # 10,000 sockets on each side (each process has its own limit).
 ulimit -n "$(ulimit -Hn)"
 
-dir="$(mktemp -d /tmp/pg_collab-conns.XXXXXX)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-say "machine: $(machine)"
-pgport="$(free_port)"
-start_throwaway_cluster "$dir" "$pgport"
-psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pgport" -U postgres)
-url="postgres://postgres@127.0.0.1:$pgport/postgres"
+bench_cluster conns
 secret="bench-secret-bench-secret-bench-secret"
 token="$(write_all_token "$secret")"
 

@@ -12,18 +12,7 @@ cd "$ROOT"
 bin="$1"
 role="${2:-}"
 secs="${SECS:-10}"
-dir="$(mktemp -d /tmp/pg_collab-seal.XXXXXX)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-say "machine: $(machine)"
-pgport="$(free_port)"
-start_throwaway_cluster "$dir" "$pgport"
-psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pgport" -U postgres)
+bench_cluster seal
 if [ -n "${SYNC_OFF:-}" ]; then   # not durable: takes the disk's flush time out of the figures
     "${psql[@]}" -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
 fi
@@ -33,7 +22,6 @@ if [ -n "$role" ]; then
     "${psql[@]}" -c "CREATE ROLE $role LOGIN IN ROLE collab_bridge"
     user="$role"
 fi
-url="postgres://postgres@127.0.0.1:$pgport/postgres"
 secret="bench-secret-bench-secret-bench-secret"
 token="$(write_all_token "$secret")"
 bport="$(free_port)"

@@ -6,13 +6,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 traces="${COLLAB_TRACES:-$ROOT/../shared/traces}"
-dir="$(mktemp -d /tmp/pg_collab-toast.XXXXXX)"
-trap 'as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-port="$(free_port)"
-echo "machine: $(machine)"
+bench_cluster toast
 node "$ROOT/bench/js/trace-states.mjs" "$traces" "$dir"
-start_throwaway_cluster "$dir" "$port"
-psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres)
 "${psql[@]}" -c "CREATE TABLE c_pglz (name text, state bytea COMPRESSION pglz);
                  CREATE TABLE c_lz4 (name text, state bytea COMPRESSION lz4);
                  CREATE TABLE c_none (name text, state bytea);

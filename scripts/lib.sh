@@ -46,6 +46,26 @@ start_throwaway_cluster() { # dir port
     "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$2" -U postgres -c "CREATE EXTENSION pg_collab"
 }
 
+# A benchmark's throwaway cluster in a new DIR (/tmp/pg_collab-NAME.*): prints the machine,
+# starts the cluster and sets dir, pgport, url and psql (an array); processes added to pids are
+# killed at exit, when the cluster is stopped and dir removed.
+bench_cluster() { # name
+    dir="$(mktemp -d "/tmp/pg_collab-$1.XXXXXX")"
+    pids=()
+    trap bench_cleanup EXIT
+    say "machine: $(machine)"
+    pgport="$(free_port)"
+    start_throwaway_cluster "$dir" "$pgport"
+    psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$pgport" -U postgres)
+    url="postgres://postgres@127.0.0.1:$pgport/postgres"
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+}
+
 # An HS256 token signed with SECRET granting write on every document for an hour.
 write_all_token() { # secret
     node -e '

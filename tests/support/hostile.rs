@@ -21,22 +21,8 @@ fn case(name: impl Into<String>, update: Vec<u8>) -> Case {
     }
 }
 
-pub fn var(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-pub fn string(out: &mut Vec<u8>, s: &str) {
-    var(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
+/// lib0 encoders of hand-built updates: the scanner crate's own.
+pub use collab_scan::build::{string, var};
 
 /// Kinds of shared types that nest.
 #[derive(Clone, Copy, Debug)]
@@ -127,16 +113,8 @@ fn item(root: &str, key: Option<&str>, kind: u8, content: &[u8]) -> Vec<u8> {
 
 /// An `Any` value nested `depth` deep (arrays or maps) around a null, as item content.
 pub fn nested_any(depth: usize, map: bool) -> Vec<u8> {
-    let mut v = vec![1]; // one value
-    for _ in 0..depth {
-        if map {
-            v.extend_from_slice(&[118, 1, 1, b'k']);
-        } else {
-            v.extend_from_slice(&[117, 1]);
-        }
-    }
-    v.push(126);
-    item("m", Some("k"), 8, &v)
+    use collab_scan::build;
+    build::any_item("m", "k", &build::nested_any(depth, map))
 }
 
 fn nested_json(depth: usize) -> String {

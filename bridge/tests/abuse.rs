@@ -45,28 +45,9 @@ async fn a_reader_that_stops_reading_is_closed_at_its_byte_budget() {
     let stalled = raw_connect(&b.ws_url("bytes"), &t).await;
     let watcher = YClient::connect(&b.ws_url("bytes"), Some(&t)).await;
     watcher.wait_synced().await;
-    let db = pg.client().await;
-    let chunk = "s".repeat(50_000);
-    let mut kicked = false;
-    for _ in 0..600 {
-        db.query_one(
-            "SELECT collab.insert_text('bytes', 'content', 0, $1)",
-            &[&chunk],
-        )
-        .await
-        .unwrap();
-        if b.metric("collab_bridge_slow_clients_total").await >= 1.0 {
-            kicked = true;
-            break;
-        }
-    }
+    let kicked = insert_until_a_slow_client_is_closed(&pg, &b, "bytes").await;
     assert!(kicked, "the stalled reader was never disconnected");
-    let expected = pg.text("bytes").await.len();
-    wait_for("watcher catches up", Duration::from_secs(30), || {
-        watcher.text().len() == expected
-    })
-    .await;
-    assert!(watcher.log.lock().unwrap().close.is_none());
+    assert_caught_up_and_open(&pg, &watcher, "bytes").await;
     drop(stalled);
 }
 

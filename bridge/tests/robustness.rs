@@ -436,28 +436,9 @@ async fn a_client_that_does_not_read_is_disconnected() {
     let (stalled, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let watcher = YClient::connect(&b.ws_url("slow"), Some(&t)).await;
     watcher.wait_synced().await;
-    let db = pg.client().await;
-    let chunk = "s".repeat(50_000);
-    let mut kicked = false;
-    for _ in 0..600 {
-        db.query_one(
-            "SELECT collab.insert_text('slow', 'content', 0, $1)",
-            &[&chunk],
-        )
-        .await
-        .unwrap();
-        if b.metric("collab_bridge_slow_clients_total").await >= 1.0 {
-            kicked = true;
-            break;
-        }
-    }
+    let kicked = insert_until_a_slow_client_is_closed(&pg, &b, "slow").await;
     assert!(kicked, "the stalled client was never disconnected");
     // The reading client is still connected and up to date.
-    let expected = pg.text("slow").await.len();
-    wait_for("watcher catches up", Duration::from_secs(30), || {
-        watcher.text().len() == expected
-    })
-    .await;
-    assert!(watcher.log.lock().unwrap().close.is_none());
+    assert_caught_up_and_open(&pg, &watcher, "slow").await;
     drop(stalled.split());
 }

@@ -652,6 +652,35 @@ pub async fn wait_for(what: &str, limit: Duration, f: impl FnMut() -> bool) {
     assert!(wait_until(limit, f).await, "timed out waiting for {what}");
 }
 
+/// Inserts 50 kB chunks into `doc` through SQL (at most 600) until the bridge has closed a
+/// client for being too slow; whether it did. For tests with a connection that never reads.
+pub async fn insert_until_a_slow_client_is_closed(pg: &Pg, b: &Bridge, doc: &str) -> bool {
+    let db = pg.client().await;
+    let chunk = "s".repeat(50_000);
+    for _ in 0..600 {
+        db.query_one(
+            "SELECT collab.insert_text($1, 'content', 0, $2)",
+            &[&doc, &chunk],
+        )
+        .await
+        .unwrap();
+        if b.metric("collab_bridge_slow_clients_total").await >= 1.0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// `watcher` (a client that reads) ends up with all of `doc` and was never closed.
+pub async fn assert_caught_up_and_open(pg: &Pg, watcher: &YClient, doc: &str) {
+    let expected = pg.text(doc).await.len();
+    wait_for("watcher catches up", Duration::from_secs(30), || {
+        watcher.text().len() == expected
+    })
+    .await;
+    assert!(watcher.log.lock().unwrap().close.is_none());
+}
+
 pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,

@@ -756,10 +756,10 @@ async fn catch_up_page(
             }
             Ok((new_last, full))
         }
-        // The log ends before what this room delivered: the document was deleted (and maybe
-        // written anew) and the `deleted` notification was lost. Retrying cannot help.
-        Err(Error::UpdateRejected(e)) => {
-            tracing::info!(doc = %room.name, "log behind the room ({e}): document was deleted");
+        // The document was deleted and the `deleted` notification was lost (the tombstone
+        // answers 42704). Retrying cannot help.
+        Err(Error::Deleted) => {
+            tracing::info!(doc = %room.name, "document was deleted meanwhile");
             room.kick_all(Error::Deleted);
             Ok((0, false))
         }

@@ -244,3 +244,27 @@ async fn a_deletion_missed_while_the_listener_was_down_does_not_leave_the_room_s
     let fresh = YClient::connect(&b.ws_url("phoenix"), Some(&t)).await;
     fresh.wait_text("new").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_missed_while_the_listener_was_down_closes_the_room_when_not_recreated() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &[]).await;
+    let t = writer_token();
+    let c = YClient::connect(&b.ws_url("ashes"), Some(&t)).await;
+    c.wait_synced().await;
+    pg.insert_text("ashes", 0, "x").await;
+    c.wait_text("x").await;
+    // The `deleted` notification is lost with the LISTEN backend; the catch-up after the
+    // listener is back finds a tombstone.
+    pg.client()
+        .await
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'collab-bridge-listener a'; \
+             SELECT collab.delete_document('ashes');",
+        )
+        .await
+        .unwrap();
+    let (code, _) = c.wait_close().await;
+    assert_eq!(code, 4410);
+}

@@ -30,6 +30,7 @@ CREATE TABLE updates (
     update     bytea NOT NULL,
     origin     text,
     created_at timestamptz NOT NULL DEFAULT now(),
+    author     text,
     PRIMARY KEY (doc_id, seq)
 );
 
@@ -97,6 +98,40 @@ COMMENT ON COLUMN documents.deleted_at IS
 COMMENT ON COLUMN documents.name IS 'Document name: the room name Yjs clients use (1-255 characters, no control characters).';
 COMMENT ON COLUMN updates.origin IS 'Free-form tag of the writer (e.g. a bridge connection), echoed in notifications.';
 
+COMMENT ON COLUMN updates.author IS
+  'Who made the update: the token subject for bridge writes, collab.author or the SQL role for '
+  'SQL edits (NULL: written before 0.3.0).';
+
+-- The plain text of every document (all text and XML roots), for full-text search. Written by
+-- the same statement that appends to the log (see extension/src/api/search.rs), so it is
+-- current at commit; derived data, but dumped so a restore is searchable at once.
+CREATE TABLE texts (
+    doc_id     bigint PRIMARY KEY,
+    seq        bigint NOT NULL,
+    language   regconfig NOT NULL DEFAULT 'pg_catalog.simple',
+    body       text NOT NULL,
+    tsv        tsvector GENERATED ALWAYS AS (pg_catalog.to_tsvector(language, body)) STORED,
+    indexed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX texts_tsv ON texts USING gin (tsv);
+
+COMMENT ON TABLE texts IS
+  'Plain text of each document (text roots, and the text content of XML roots, at most 256 kB), '
+  'refreshed by every write; tsv is its tsvector in the document''s language. Search with '
+  'collab.search; readers join it through the view collab.document_texts.';
+COMMENT ON COLUMN texts.seq IS 'The log sequence the text was taken at.';
+COMMENT ON COLUMN texts.language IS
+  'Text search configuration of the document (collab.set_search_language).';
+
+-- What collab_reader (who may read every document) joins with application tables.
+CREATE VIEW document_texts AS
+    SELECT d.name, t.seq, t.language, t.body, t.tsv, t.indexed_at
+    FROM @extschema@.texts t JOIN @extschema@.documents d ON d.id = t.doc_id
+    WHERE d.deleted_at IS NULL;
+COMMENT ON VIEW document_texts IS
+  'Every live document''s indexed plain text and tsvector, by name, for joins with application '
+  'tables (collab_reader). Roles with per-document rights use collab.search.';
+
 -- plpgsql resolves the Rust functions it calls at run time, so they may be created later.
 CREATE FUNCTION _notify_updates() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -125,6 +160,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM @extschema@.updates WHERE doc_id = OLD.id;
     DELETE FROM @extschema@.checkpoints WHERE doc_id = OLD.id;
+    DELETE FROM @extschema@.texts WHERE doc_id = OLD.id;
     RETURN OLD;
 END
 $$;
@@ -155,6 +191,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.updates', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.checkpoints', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.access_rules', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.documents_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.texts', '');
 
 COMMENT ON FUNCTION _notify_updates() IS
   'Statement trigger on collab.updates: one NOTIFY on channel collab per batch, sealed with the '

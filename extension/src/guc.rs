@@ -16,8 +16,21 @@ pub static MAX_NESTING: GucSetting<i32> = GucSetting::<i32>::new(512);
 pub const MAX_NESTING_CEILING: i32 = 4096;
 /// Per-backend budget of the document cache, in kB (64 MB).
 pub static CACHE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// The author an application records for its SQL edits (empty: the SQL role's name).
+pub static AUTHOR: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 
 pub fn register() {
+    GucRegistry::define_string_guc(
+        c"collab.author",
+        c"Author recorded with this session's writes (empty: the SQL role).",
+        c"Applications set it (SET LOCAL collab.author = 'alice') so that collab.history and \
+collab.text_authors name their user rather than the database role. Any role may set it: it is \
+the writer's claim, like the text it writes.",
+        &AUTHOR,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"collab.max_update_bytes",
         c"Largest Yjs update accepted by collab.apply_update(s), in bytes.",
@@ -82,6 +95,14 @@ changed (they are rebuilt from its own rows). Only a superuser can raise it.",
         GucContext::Suset,
         GucFlags::UNIT_KB,
     );
+}
+
+/// `collab.author` when set and not empty.
+pub fn author() -> Option<String> {
+    AUTHOR
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .filter(|a| !a.is_empty())
 }
 
 pub fn max_nesting() -> u32 {

@@ -9,6 +9,7 @@
 use pgrx::prelude::*;
 
 mod api;
+mod authorship;
 mod cache;
 mod depth;
 mod error;
@@ -16,6 +17,8 @@ mod guard;
 mod guc;
 mod merge;
 mod notify;
+mod plaintext;
+mod restore;
 mod rights;
 mod storage;
 

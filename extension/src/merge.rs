@@ -30,7 +30,7 @@ use crate::error::{CollabError, Result};
 use crate::scan::{self, ScanError};
 
 /// How often (in nodes or updates) long loops give PostgreSQL a chance to cancel them.
-const INTERRUPT_EVERY: usize = 1024;
+pub(crate) const INTERRUPT_EVERY: usize = 1024;
 
 static INTERRUPT_POINT: OnceLock<fn()> = OnceLock::new();
 
@@ -42,7 +42,7 @@ pub fn set_interrupt_point(f: fn()) {
 
 /// May not return (PostgreSQL's ERROR unwinds from here). Never called while a yrs
 /// `TransactionMut` is alive: its `Drop` commits, and yrs would run half-done work.
-fn interrupt_point() {
+pub(crate) fn interrupt_point() {
     if let Some(f) = INTERRUPT_POINT.get() {
         f();
     }
@@ -99,7 +99,7 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Runs yrs code on untrusted input, turning a panic into an error. Only yrs's own panics
 /// (string messages) are caught: PostgreSQL's errors (a cancel, a timeout, out of memory)
 /// travel through Rust as panics with pgrx's payload and must reach pgrx unchanged.
-fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => Ok(v),
         Err(payload) if payload.is::<&str>() || payload.is::<String>() => {
@@ -403,7 +403,7 @@ pub fn merge_updates(updates: &[&[u8]]) -> Option<Vec<u8>> {
 
 /// A root type as the document holds it. Yjs updates do not carry root types, so a document
 /// rebuilt from storage has "undefined" roots whose kind is inferred from their content.
-enum Root {
+pub(crate) enum Root {
     Missing,
     /// Present but with no visible content: compatible with any kind.
     Empty,
@@ -416,7 +416,7 @@ enum Root {
 }
 
 impl Root {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Root::Missing | Root::Empty => "missing field",
             Root::Text(_) => "text",
@@ -429,7 +429,7 @@ impl Root {
     }
 }
 
-fn root<T: ReadTxn>(txn: &T, name: &str) -> Root {
+pub(crate) fn root<T: ReadTxn>(txn: &T, name: &str) -> Root {
     match txn.get(name) {
         None => Root::Missing,
         Some(Out::YText(t)) => Root::Text(t),
@@ -608,7 +608,7 @@ fn node_to_json<T: ReadTxn>(txn: &T, root: Node, visited: &mut usize) -> serde_j
 }
 
 /// The XML string of a node (as yrs's `get_string`), walked with an explicit stack.
-fn xml_string<T: ReadTxn>(txn: &T, node: XmlOut) -> String {
+pub(crate) fn xml_string<T: ReadTxn>(txn: &T, node: XmlOut) -> String {
     use std::fmt::Write;
     enum Step {
         Open(XmlOut),

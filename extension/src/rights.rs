@@ -188,6 +188,11 @@ pub fn caller() -> Oid {
     unsafe { pg_sys::GetUserId() }
 }
 
+/// The name of the caller (after `SET ROLE`): the default author of its writes.
+pub fn caller_name() -> String {
+    role_name(caller())
+}
+
 /// The best right `role` holds on document `name`, if any. Superusers hold every right.
 fn right_of(l: &Loaded, role: Oid, name: &str) -> Option<Right> {
     if has_privs(role, l.admin) || has_privs(role, l.owner) {

@@ -38,6 +38,7 @@ const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
 const BYTEA: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAOID);
 const BYTEA_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAARRAYOID);
+const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
 const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
 
 /// `SELECT <document row columns> <tail>`, built at compile time so plans can be cached by
@@ -301,6 +302,7 @@ pub fn append(
     updates: &[Vec<u8>],
     combined: Option<&[u8]>,
     origin: Option<&str>,
+    authors: &[String],
 ) -> Result<i64> {
     let n = updates.len() as i64;
     let bytes: i64 = updates.iter().map(|u| u.len() as i64).sum();
@@ -310,15 +312,16 @@ pub fn append(
     Spi::connect_mut(|client| {
         run(
             client,
-            "INSERT INTO collab.updates (doc_id, seq, update, origin) \
-             SELECT $1, $2 + u.ord, u.update, $4 \
-             FROM unnest($3::bytea[]) WITH ORDINALITY AS u(update, ord)",
-            &[INT8, INT8, BYTEA_ARRAY, TEXT],
+            "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
+             SELECT $1, $2 + u.ord, u.update, $4, u.author \
+             FROM unnest($3::bytea[], $5::text[]) WITH ORDINALITY AS u(update, author, ord)",
+            &[INT8, INT8, BYTEA_ARRAY, TEXT, TEXT_ARRAY],
             &[
                 row.id.into(),
                 row.head_seq.into(),
                 updates.to_vec().into(),
                 origin.into(),
+                authors.to_vec().into(),
             ],
         )?;
         run(
@@ -335,6 +338,23 @@ pub fn append(
     row.head_seq = seq_to;
     row.tail_bytes += bytes;
     Ok(seq_to)
+}
+
+/// Stores `body` as the searchable text of `row` at its head. The row is only rewritten when the
+/// text changed (its tsvector is recomputed on every rewrite), so edits of maps or formatting
+/// cost one comparison.
+pub fn save_text(row: &DocRow, body: &str) -> Result<()> {
+    Spi::connect_mut(|client| {
+        run(
+            client,
+            "INSERT INTO collab.texts AS t (doc_id, seq, body) VALUES ($1, $2, $3) \
+             ON CONFLICT (doc_id) DO UPDATE SET seq = EXCLUDED.seq, body = EXCLUDED.body, \
+             indexed_at = now() WHERE t.body IS DISTINCT FROM EXCLUDED.body",
+            &[INT8, INT8, TEXT],
+            &[row.id.into(), row.head_seq.into(), body.into()],
+        )?;
+        Ok(())
+    })
 }
 
 /// Whether `state` would load again (see `merge::reloadable`). Such a state is never written
@@ -615,6 +635,12 @@ pub fn delete(name: &str) -> Result<bool> {
         run(
             client,
             "DELETE FROM collab.checkpoints WHERE doc_id = $1",
+            &[INT8],
+            &[id.into()],
+        )?;
+        run(
+            client,
+            "DELETE FROM collab.texts WHERE doc_id = $1",
             &[INT8],
             &[id.into()],
         )?;

@@ -10,7 +10,7 @@ use crate::rights::{self, Right};
 use crate::storage::{self, DocRow};
 use crate::{cache, merge, notify};
 
-fn seq_in_range(row: &DocRow, seq: i64) -> Result<()> {
+pub(super) fn seq_in_range(row: &DocRow, seq: i64) -> Result<()> {
     if seq < 0 || seq > row.head_seq {
         return Err(CollabError::OutOfRange(format!(
             "sequence {seq} is out of range: document \"{}\" is at {}",
@@ -25,7 +25,7 @@ fn doc_at(name: &str, seq: i64) -> Result<yrs::Doc> {
     guarded(name, Right::Read, || doc_at_unchecked(name, seq))
 }
 
-fn doc_at_unchecked(name: &str, seq: i64) -> Result<yrs::Doc> {
+pub(super) fn doc_at_unchecked(name: &str, seq: i64) -> Result<yrs::Doc> {
     let Some(row) = storage::find(name)? else {
         return if seq == 0 {
             Ok(merge::new_doc())

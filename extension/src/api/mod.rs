@@ -3,9 +3,12 @@
 //! `sql/comments.sql`.
 
 mod admin;
+mod attribution;
 mod history;
 mod info;
 mod read;
+mod restore;
+mod search;
 mod write;
 
 use yrs::Doc;
@@ -72,6 +75,8 @@ struct Batch {
     /// Made by an SQL edit on the document: its structs are added to the depth tracker after
     /// the fact (an edit of a text never nests anything). Client updates are checked before.
     local: bool,
+    /// Who made each update (`None`, or a shorter list: the writer's default author).
+    authors: Vec<Option<String>>,
 }
 
 impl From<Vec<u8>> for Batch {
@@ -80,7 +85,34 @@ impl From<Vec<u8>> for Batch {
             updates: vec![update],
             combined: None,
             local: true,
+            authors: Vec::new(),
         }
+    }
+}
+
+/// Longest author name accepted, in characters (token subjects, role names, app user ids).
+const MAX_AUTHOR_CHARS: usize = 255;
+
+/// An author name as recorded: 1-255 characters, no control characters.
+fn check_author(author: &str) -> Result<()> {
+    let n = author.chars().count();
+    if n == 0 || n > MAX_AUTHOR_CHARS || author.chars().any(char::is_control) {
+        return Err(CollabError::InvalidArgument(format!(
+            "an author must be 1 to {MAX_AUTHOR_CHARS} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Who the current writer is when it names nobody: `collab.author` if the application set it,
+/// else the SQL role. Taken before the switch to the table owner.
+fn default_author() -> Result<String> {
+    match guc::author() {
+        Some(a) => {
+            check_author(&a)?;
+            Ok(a)
+        }
+        None => Ok(rights::caller_name()),
     }
 }
 
@@ -91,12 +123,15 @@ fn write(
     origin: Option<&str>,
     f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch>>,
 ) -> Result<i64> {
-    guarded(name, Right::Write, || write_unchecked(name, origin, f))
+    rights::require(name, Right::Write)?;
+    let author = default_author()?;
+    rights::as_owner(|| write_unchecked(name, origin, &author, f))
 }
 
 fn write_unchecked(
     name: &str,
     origin: Option<&str>,
+    author: &str,
     f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch>>,
 ) -> Result<i64> {
     crate::guard::ensure()?;
@@ -124,9 +159,24 @@ fn write_unchecked(
     entry.dirty = true;
     cache::mark_written(entry.doc_id);
     entry.encoded_bytes += batch.updates.iter().map(Vec::len).sum::<usize>();
-    let seq = storage::append(&mut row, &batch.updates, batch.combined.as_deref(), origin)?;
+    let authors: Vec<String> = (0..batch.updates.len())
+        .map(|i| match batch.authors.get(i) {
+            Some(Some(a)) => a.clone(),
+            _ => author.to_string(),
+        })
+        .collect();
+    let seq = storage::append(
+        &mut row,
+        &batch.updates,
+        batch.combined.as_deref(),
+        origin,
+        &authors,
+    )?;
     entry.seq = seq;
     storage::maybe_compact(&mut row, &entry)?;
+    // The searchable text follows every write, in the same transaction (see search.rs).
+    let indexed = search::refresh(&row, &entry.doc);
     cache::put(entry);
+    indexed?;
     Ok(seq)
 }

@@ -2,14 +2,19 @@
 
 use pgrx::prelude::*;
 
-use super::{doc_name, field_name, guarded, write, Batch};
+use super::{check_author, doc_name, field_name, guarded, write, Batch};
 use crate::error::{required, CollabError, OrRaise, Result};
 use crate::rights::Right;
 use crate::{guc, merge, storage};
 
 /// Validates, integrates and appends a batch under one lock, one sequence range and one
 /// notification. Returns the last sequence assigned.
-fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64> {
+fn apply(
+    name: &str,
+    updates: Vec<Vec<u8>>,
+    origin: Option<&str>,
+    authors: Vec<Option<String>>,
+) -> Result<i64> {
     let limit = guc::max_update_bytes();
     let nesting = guc::max_nesting();
     let batch = updates.len() > 1;
@@ -33,6 +38,7 @@ fn apply(name: &str, updates: Vec<Vec<u8>>, origin: Option<&str>) -> Result<i64>
             updates,
             combined,
             local: false,
+            authors,
         }))
     })
 }
@@ -48,7 +54,7 @@ fn apply_update(
     (|| {
         let name = doc_name(doc)?;
         let update = required(update, "update")?;
-        apply(name, vec![update.to_vec()], origin)
+        apply(name, vec![update.to_vec()], origin, Vec::new())
     })()
     .or_raise()
 }
@@ -64,18 +70,57 @@ fn apply_updates(
 ) -> i64 {
     (|| {
         let name = doc_name(doc)?;
-        let updates = required(updates, "updates")?;
-        let mut batch = Vec::with_capacity(updates.len());
-        for u in updates.iter() {
-            let u = u.ok_or(CollabError::Null("an element of updates"))?;
-            batch.push(u.to_vec());
+        let batch = batch_of(updates)?;
+        apply(name, batch, origin, Vec::new())
+    })()
+    .or_raise()
+}
+
+fn batch_of(updates: Option<Array<&[u8]>>) -> Result<Vec<Vec<u8>>> {
+    let updates = required(updates, "updates")?;
+    let mut batch = Vec::with_capacity(updates.len());
+    for u in updates.iter() {
+        let u = u.ok_or(CollabError::Null("an element of updates"))?;
+        batch.push(u.to_vec());
+    }
+    if batch.is_empty() {
+        return Err(CollabError::OutOfRange(
+            "updates must hold at least one update".into(),
+        ));
+    }
+    Ok(batch)
+}
+
+/// `apply_updates` with the author of each update (the bridge passes its clients' token
+/// subjects): `authors[i]` is recorded with `updates[i]`; a NULL element, the writer's default
+/// author (`collab.author`, else the SQL role). The three-argument form stays for older bridges.
+#[pg_extern(name = "apply_updates")]
+#[search_path(pg_catalog, pg_temp)]
+fn apply_updates_by(
+    doc: Option<&str>,
+    updates: Option<Array<&[u8]>>,
+    origin: Option<&str>,
+    authors: Option<Array<&str>>,
+) -> i64 {
+    (|| {
+        let name = doc_name(doc)?;
+        let batch = batch_of(updates)?;
+        let authors = required(authors, "authors")?;
+        if authors.len() != batch.len() {
+            return Err(CollabError::InvalidArgument(format!(
+                "authors must have one element per update: {} updates, {} authors",
+                batch.len(),
+                authors.len()
+            )));
         }
-        if batch.is_empty() {
-            return Err(CollabError::OutOfRange(
-                "updates must hold at least one update".into(),
-            ));
+        let mut names = Vec::with_capacity(batch.len());
+        for a in authors.iter() {
+            if let Some(a) = a {
+                check_author(a)?;
+            }
+            names.push(a.map(str::to_string));
         }
-        apply(name, batch, origin)
+        apply(name, batch, origin, names)
     })()
     .or_raise()
 }

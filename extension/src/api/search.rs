@@ -1,0 +1,212 @@
+//! Full-text search over the documents' plain text (`collab.texts`, GIN-indexed tsvector).
+//!
+//! Freshness: every write takes the document's plain text (it is decoded and in the cache at
+//! that moment) and stores it in the same transaction, so the index is current at commit for
+//! every document; the row is rewritten only when the text changed. Documents written before
+//! 0.3.0 are indexed by `collab.refresh_search()`, which the upgrade script runs once.
+
+use pgrx::prelude::*;
+
+use super::{doc_name, guarded};
+use crate::error::{required, CollabError, OrRaise, Result};
+use crate::rights::{self, Right};
+use crate::storage::{self, DocRow};
+use crate::{cache, plaintext};
+
+fn spi_err(e: pgrx::spi::SpiError) -> CollabError {
+    CollabError::Internal(format!("SPI: {e}"))
+}
+
+/// Stores the plain text of `doc` (the document of `row`, at its head) for search.
+pub(super) fn refresh(row: &DocRow, doc: &yrs::Doc) -> Result<()> {
+    let body = plaintext::of(doc)?;
+    storage::save_text(row, &body)
+}
+
+/// Most results one search returns.
+const MAX_RESULTS: i32 = 1000;
+
+/// A matching document before its snippet is made.
+struct Hit {
+    doc_id: i64,
+    name: String,
+    rank: f32,
+    seq: i64,
+}
+
+/// Matches of `query` among the documents indexed in `config`, best first, `page` rows from
+/// `offset`. Run as the table owner; the caller's rights are applied by the caller.
+fn matches(query: &str, config: &str, offset: i64, page: i64) -> Result<Vec<Hit>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT t.doc_id, d.name, ts_rank_cd(t.tsv, q)::float4, t.seq \
+             FROM collab.texts t JOIN collab.documents d ON d.id = t.doc_id, \
+                  websearch_to_tsquery($2::regconfig, $1) q \
+             WHERE t.tsv @@ q AND t.language = $2::regconfig AND d.deleted_at IS NULL \
+             ORDER BY 3 DESC, d.name OFFSET $3 LIMIT $4",
+            None,
+            &[query.into(), config.into(), offset.into(), page.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push(Hit {
+                doc_id: r.get::<i64>(1)?.unwrap_or(0),
+                name: r.get::<String>(2)?.unwrap_or_default(),
+                rank: r.get::<f32>(3)?.unwrap_or(0.0),
+                seq: r.get::<i64>(4)?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    })
+    .map_err(spi_err)
+}
+
+/// The highlighted passages of one document: matches between `<mark>` and `</mark>`.
+fn snippet(doc_id: i64, query: &str, config: &str) -> Result<String> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT ts_headline(t.language, t.body, websearch_to_tsquery($3::regconfig, $2), \
+               'StartSel=<mark>, StopSel=</mark>, MaxWords=24, MinWords=8, MaxFragments=2, \
+                FragmentDelimiter=\" … \"') \
+             FROM collab.texts t WHERE t.doc_id = $1",
+            None,
+            &[doc_id.into(), query.into(), config.into()],
+        )?;
+        Ok(t.first().get::<String>(1)?.unwrap_or_default())
+    })
+    .map_err(spi_err)
+}
+
+/// Documents whose text matches `query` (web search syntax: words, "phrases", or, -not), among
+/// those indexed in text search configuration `config`, that the caller may read: best rank
+/// first, at most `lim`, with a highlighted snippet.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn search(
+    query: Option<&str>,
+    config: default!(Option<&str>, "'simple'"),
+    lim: default!(Option<i32>, "20"),
+) -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(rank, f32),
+        name!(snippet, String),
+        name!(seq, i64),
+    ),
+> {
+    let rows = (|| {
+        let query = required(query, "query")?;
+        let config = required(config, "config")?;
+        let lim = required(lim, "lim")?;
+        if !(1..=MAX_RESULTS).contains(&lim) {
+            return Err(CollabError::OutOfRange(format!(
+                "lim must be between 1 and {MAX_RESULTS}, got {lim}"
+            )));
+        }
+        // Rights are the caller's, so they are checked outside the owner's context; matches
+        // the caller may not read are skipped, page after page, until `lim` are found.
+        let page = i64::from(lim) * 4;
+        let mut found = Vec::new();
+        let mut offset = 0i64;
+        loop {
+            let hits = rights::as_owner(|| matches(query, config, offset, page))?;
+            let last_page = (hits.len() as i64) < page;
+            for hit in hits {
+                if found.len() < lim as usize && rights::may_read(&hit.name)? {
+                    found.push(hit);
+                }
+            }
+            offset += page;
+            if last_page || found.len() >= lim as usize {
+                break;
+            }
+            pgrx::check_for_interrupts!();
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for hit in found {
+            let text = rights::as_owner(|| snippet(hit.doc_id, query, config))?;
+            out.push((hit.name, hit.rank, text, hit.seq));
+        }
+        Ok(out)
+    })()
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+/// Sets the text search configuration `doc` is indexed in (`simple` until set). Needs the
+/// write right. Returns whether the document exists (a document is indexed at its first write).
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn set_search_language(doc: Option<&str>, config: Option<&str>) -> bool {
+    (|| {
+        let name = doc_name(doc)?;
+        let config = required(config, "config")?;
+        guarded(name, Right::Write, || {
+            Spi::connect_mut(|c| {
+                let t = c.update(
+                    "UPDATE collab.texts t SET language = $2::regconfig, indexed_at = now() \
+                     FROM collab.documents d \
+                     WHERE d.id = t.doc_id AND d.name = $1 AND d.deleted_at IS NULL \
+                     RETURNING t.doc_id",
+                    None,
+                    &[name.into(), config.into()],
+                )?;
+                Ok(!t.is_empty())
+            })
+            .map_err(spi_err)
+        })
+    })()
+    .or_raise()
+}
+
+/// Indexes the documents that have no searchable text yet (written before 0.3.0, or restored
+/// from such a dump), at most `lim` of them (NULL: all). Admin only (collab_admin). Returns how
+/// many were indexed.
+#[pg_extern]
+#[search_path(pg_catalog, pg_temp)]
+fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
+    (|| {
+        let lim = lim.unwrap_or(i64::MAX);
+        if lim < 0 {
+            return Err(CollabError::OutOfRange(format!(
+                "lim must not be negative, got {lim}"
+            )));
+        }
+        let names: Vec<String> = rights::as_owner(|| {
+            Spi::connect(|c| {
+                let t = c.select(
+                    "SELECT d.name FROM collab.documents d \
+                     WHERE d.deleted_at IS NULL AND d.head_seq > 0 \
+                       AND NOT EXISTS (SELECT FROM collab.texts t WHERE t.doc_id = d.id) \
+                     ORDER BY d.id LIMIT $1",
+                    None,
+                    &[lim.into()],
+                )?;
+                let mut out = Vec::new();
+                for r in t {
+                    out.push(r.get::<String>(1)?.unwrap_or_default());
+                }
+                Ok(out)
+            })
+            .map_err(spi_err)
+        })?;
+        let mut done = 0;
+        for name in names {
+            pgrx::check_for_interrupts!();
+            guarded(&name, Right::Admin, || {
+                let Some(row) = storage::find(&name)? else {
+                    return Ok(());
+                };
+                let entry = storage::open(&row)?;
+                let indexed = refresh(&row, &entry.doc);
+                cache::put(entry);
+                indexed
+            })?;
+            done += 1;
+        }
+        Ok(done)
+    })()
+    .or_raise()
+}

@@ -84,6 +84,38 @@ COMMENT ON FUNCTION notification_keys() IS
 COMMENT ON FUNCTION recreate_document(text) IS
   'recreate_document(doc) -> boolean. Removes the tombstone of a deleted document so the name '
   'can be written again, from empty. Needs the admin right. Whether it was deleted.';
+COMMENT ON FUNCTION apply_updates(text, bytea[], text, text[]) IS
+  'apply_updates(doc, updates[], origin, authors[]) -> bigint. apply_updates recording the '
+  'author of each update (authors[i] with updates[i]; NULL: collab.author or the SQL role). '
+  'Bridges pass their clients'' token subjects.';
+COMMENT ON FUNCTION restore(text, bigint) IS
+  'restore(doc, seq) -> bigint. Makes the document read as it did right after update seq (text '
+  'with formatting, XML, map and array roots), as one new update that concurrent editors merge '
+  'like any other; the restore is a version of its own (origin ''restore <seq>''). Needs the '
+  'write right. Returns the head sequence.';
+COMMENT ON FUNCTION undo_author(text, text, bigint, bigint, text) IS
+  'undo_author(doc, author, after, upto DEFAULT NULL, field DEFAULT ''content'') -> bigint. '
+  'Deletes the characters of a text root that author inserted in updates after..upto and that '
+  'are still there, as one new update. What the author deleted is not brought back. Needs the '
+  'write right. Returns the head sequence.';
+COMMENT ON FUNCTION history(text, bigint) IS
+  'history(doc, after DEFAULT 0) -> setof (seq, author, origin, created_at, bytes). The log '
+  'after sequence after with the author of each update. Needs the read right.';
+COMMENT ON FUNCTION text_authors(text, text) IS
+  'text_authors(doc, field DEFAULT ''content'') -> setof (position, length, author, text). Who '
+  'wrote the current text: runs of characters by one author (the author of the update that '
+  'inserted them; NULL before 0.3.0 or pruned). Needs the read right.';
+COMMENT ON FUNCTION search(text, text, integer) IS
+  'search(query, config DEFAULT ''simple'', lim DEFAULT 20) -> setof (name, rank, snippet, seq). '
+  'Full-text search (websearch syntax) over the documents indexed in text search configuration '
+  'config that the caller may read, best first; matches in the snippet are between <mark> and '
+  '</mark>.';
+COMMENT ON FUNCTION set_search_language(text, text) IS
+  'set_search_language(doc, config) -> boolean. The text search configuration the document is '
+  'indexed in (simple until set). Needs the write right. Whether the document exists.';
+COMMENT ON FUNCTION refresh_search(bigint) IS
+  'refresh_search(lim DEFAULT NULL) -> bigint. Indexes documents that have no searchable text '
+  'yet (written before 0.3.0), at most lim. collab_admin only. How many were indexed.';
 COMMENT ON FUNCTION has_access(text, text) IS
   'has_access(doc, level DEFAULT ''read'') -> boolean. Whether the caller may read, write or '
   'admin the document.';
@@ -125,11 +157,17 @@ GRANT EXECUTE ON FUNCTION
     apply_update(text, bytea, text), apply_updates(text, bytea[], text),
     insert_text(text, text, integer, text), delete_text(text, text, integer, integer),
     set_text(text, text, text), broadcast(text, bytea, text),
-    compact(text), prune(text, timestamptz), delete_document(text), recreate_document(text)
+    compact(text), prune(text, timestamptz), delete_document(text), recreate_document(text),
+    apply_updates(text, bytea[], text, text[]), restore(text, bigint),
+    undo_author(text, text, bigint, bigint, text), history(text, bigint),
+    text_authors(text, text), search(text, text, integer), set_search_language(text, text)
 TO collab_user;
 GRANT EXECUTE ON FUNCTION
-    grant_access(text, text, text), revoke_access(text, text), rotate_notification_key()
+    grant_access(text, text, text), revoke_access(text, text), rotate_notification_key(),
+    refresh_search(bigint)
 TO collab_admin;
+-- Readers (every document) may join the indexed texts with their own tables.
+GRANT SELECT ON document_texts TO collab_reader;
 GRANT EXECUTE ON FUNCTION notification_keys() TO collab_bridge;
 -- Administrators may read the rules; they change them with grant_access / revoke_access.
 GRANT SELECT ON access_rules TO collab_admin;

@@ -1,6 +1,6 @@
 //! Backups and upgrades as a DBA does them: `pg_dump -Fc` + `pg_restore` and a plain-SQL dump
-//! into fresh databases, and `ALTER EXTENSION pg_collab UPDATE` of a database created with the
-//! released 0.1.0 script. Documents with history, checkpoints and pruned ranges must come back
+//! into fresh databases, and `ALTER EXTENSION pg_collab UPDATE` of databases created with the
+//! released 0.1.0 and 0.2.0 scripts. Documents with history, checkpoints and pruned ranges must come back
 //! with identical text, state, head_seq and earlier versions; an upgraded database must have
 //! exactly the objects, privileges and comments of a fresh install.
 
@@ -104,6 +104,17 @@ async fn documents(db: &Client) -> BTreeMap<String, String> {
                 state.len()
             );
             desc += &format!(" state={state:?}");
+            // Searchable as before, with the same text (a dump keeps collab.texts; an upgrade
+            // indexes the old documents).
+            let indexed: Option<String> = db
+                .query_one(
+                    "SELECT (SELECT body FROM collab.document_texts WHERE name = $1)",
+                    &[&name],
+                )
+                .await
+                .expect("indexed text")
+                .get(0);
+            desc += &format!(" indexed={indexed:?}");
             for seq in floor..=head {
                 let t: String = db
                     .query_one("SELECT collab.text_at($1, $2)", &[&name, &seq])
@@ -285,18 +296,24 @@ async fn catalog(db: &Client) -> Vec<String> {
         .collect()
 }
 
-/// Puts the released 0.1.0 install script where `CREATE EXTENSION ... VERSION '0.1.0'` finds it
-/// (it is not installed with the extension: with the current library it is only good for being
-/// upgraded).
-fn install_released_script() {
+/// Puts the released install scripts (0.1.0, 0.2.0) where `CREATE EXTENSION ... VERSION` finds
+/// them (they are not installed with the extension: with the current library they are only good
+/// for being upgraded).
+fn install_released_scripts() {
+    for version in ["0.1.0", "0.2.0"] {
+        install_released_script(version);
+    }
+}
+
+fn install_released_script(version: &str) {
     let out = Command::new(pg_config())
         .arg("--sharedir")
         .output()
         .expect("pg_config");
     let dest = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        .join("extension/pg_collab--0.1.0.sql");
+        .join(format!("extension/pg_collab--{version}.sql"));
     let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../sql/released/pg_collab--0.1.0.sql");
+        .join(format!("../sql/released/pg_collab--{version}.sql"));
     std::fs::copy(&src, &dest).unwrap_or_else(|e| {
         panic!(
             "cannot copy {} to {} (run the tests as the owner of the installation): {e}",
@@ -307,24 +324,39 @@ fn install_released_script() {
 }
 
 #[tokio::test]
+async fn a_database_of_release_0_1_0_upgrades_in_place_through_0_2_0_and_keeps_every_document() {
+    upgrades_from("0.1.0").await;
+}
+
+#[tokio::test]
 async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_document() {
-    install_released_script();
+    upgrades_from("0.2.0").await;
+}
+
+/// A database made by release `from`, holding the documents of `fill`, upgraded to this
+/// release by `ALTER EXTENSION pg_collab UPDATE`, equals a fresh install and works as one.
+async fn upgrades_from(from: &str) {
+    install_released_scripts();
     let cluster = Cluster::start();
     fill(&cluster).await;
     let source = documents(&cluster.connect().await).await;
 
-    // A 0.1.0 database holding the same documents, stored as 0.1.0 stored them (the log,
+    // An old database holding the same documents, stored as that release stored them (the log,
     // checkpoint and counter formats did not change; 0.1.0 had no tombstones, so the deleted
-    // document is left out). The rows are copied in rather than written with 0.1.0's functions,
-    // which would run this release's library against the old schema.
+    // document is left out; authors and search texts are 0.3.0's). The rows are copied in
+    // rather than written with the old functions, which would run this release's library
+    // against the old schema.
     cluster.psql("postgres", "CREATE DATABASE old");
-    cluster.psql("old", "CREATE EXTENSION pg_collab VERSION '0.1.0'");
+    cluster.psql(
+        "old",
+        &format!("CREATE EXTENSION pg_collab VERSION '{from}'"),
+    );
     assert_eq!(
         cluster.psql(
             "old",
             "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'"
         ),
-        "0.1.0\n"
+        format!("{from}\n")
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let cols = "id, name, head_seq, checkpoint_seq, history_from, update_count, log_bytes, \
@@ -377,14 +409,26 @@ async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_do
             "old",
             "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'"
         ),
-        "0.2.0\n"
+        format!("{}\n", env!("CARGO_PKG_VERSION"))
     );
     let old = cluster.connect_as("postgres", "old").await;
     let mut expected = source.clone();
     expected.remove("gone");
     assert_eq!(documents(&old).await, expected);
 
-    // The upgraded database is a 0.2.0 database: same objects, privileges, comments.
+    // The upgrade indexed the old documents for search.
+    let found: String = old
+        .query_one(
+            "SELECT string_agg(name, ',' ORDER BY name) FROM collab.search('gamma')",
+            &[],
+        )
+        .await
+        .expect("search after upgrade")
+        .get(0);
+    assert_eq!(found, "history");
+
+    // The upgraded database is a fresh install of this release: same objects, privileges,
+    // comments.
     cluster.psql("postgres", "CREATE DATABASE fresh");
     cluster.psql("fresh", "CREATE EXTENSION pg_collab");
     let fresh = cluster.connect_as("postgres", "fresh").await;

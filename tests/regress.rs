@@ -9,7 +9,15 @@ use std::process::Command;
 use collab_tests::{pg_bin, pg_config, Cluster};
 
 /// The tests, in order (`setup` creates the extension and the roles).
-const TESTS: &[&str] = &["setup", "privileges", "rights", "tombstones"];
+const TESTS: &[&str] = &[
+    "setup",
+    "privileges",
+    "rights",
+    "tombstones",
+    "search",
+    "attribution",
+    "restore",
+];
 
 fn pg_regress() -> PathBuf {
     let out = Command::new(pg_config())
@@ -29,18 +37,28 @@ fn the_sql_regression_tests_print_what_they_expect() {
     let cluster = Cluster::start();
     cluster.psql("postgres", "CREATE DATABASE collab_regress");
     let out = tempfile::tempdir().expect("temp dir");
+    // COLLAB_REGRESS_OUT=<dir> keeps the results (results/*.out) to review or to bless.
+    let kept = std::env::var_os("COLLAB_REGRESS_OUT").map(PathBuf::from);
     let input = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sql/regress");
     let status = Command::new(pg_regress())
         .args(["--use-existing", "--host=127.0.0.1", "--user=postgres"])
         .arg(format!("--port={}", cluster.port))
         .arg(format!("--bindir={}", pg_bin()))
         .arg(format!("--inputdir={}", input.display()))
-        .arg(format!("--outputdir={}", out.path().display()))
+        .arg(format!(
+            "--outputdir={}",
+            kept.as_deref().unwrap_or(out.path()).display()
+        ))
         .arg("--dbname=collab_regress")
         .args(TESTS)
         .status()
         .expect("pg_regress runs");
-    let diffs = std::fs::read_to_string(out.path().join("regression.diffs")).unwrap_or_default();
+    let diffs = std::fs::read_to_string(
+        kept.as_deref()
+            .unwrap_or(out.path())
+            .join("regression.diffs"),
+    )
+    .unwrap_or_default();
     assert!(status.success(), "pg_regress found differences:\n{diffs}");
 }
 

@@ -46,11 +46,15 @@ use crate::metrics::{LagTracker, Metrics};
 const MAX_TXN_UPDATES: usize = 1024;
 const MAX_TXN_BYTES: usize = 8 * 1024 * 1024;
 
-const APPLY: &str = "SELECT collab.apply_updates($1, $2::bytea[], $3)";
+/// With the author of each update (pg_collab 0.3.0; the extension must be upgraded before the
+/// bridges, which it keeps the three-argument form for).
+const APPLY: &str = "SELECT collab.apply_updates($1, $2::bytea[], $3, $4::text[])";
 
 struct Item {
     update: Vec<u8>,
     origin: String,
+    /// Who wrote it (the token's subject), recorded with the update; None: the bridge's role.
+    author: Option<Arc<str>>,
     done: oneshot::Sender<Result<i64>>,
     queued: Instant,
 }
@@ -127,10 +131,22 @@ impl Batcher {
         update: Vec<u8>,
         origin: String,
     ) -> oneshot::Receiver<Result<i64>> {
+        self.submit_as(doc, update, origin, None)
+    }
+
+    /// [`Self::submit`] recording `author` (a token's subject) as the update's author.
+    pub fn submit_as(
+        &self,
+        doc: &str,
+        update: Vec<u8>,
+        origin: String,
+        author: Option<Arc<str>>,
+    ) -> oneshot::Receiver<Result<i64>> {
         let (done, rx) = oneshot::channel();
         let item = Item {
             update,
             origin,
+            author: author.filter(|a| recordable(a)),
             done,
             queued: Instant::now(),
         };
@@ -147,6 +163,13 @@ impl Batcher {
         }
         rx
     }
+}
+
+/// Whether pg_collab records `author` as given (1-255 characters, no control characters): a
+/// subject it would refuse must not fail its batch, so that update is recorded as the bridge's.
+fn recordable(author: &str) -> bool {
+    let n = author.chars().count();
+    (1..=255).contains(&n) && !author.chars().any(char::is_control)
 }
 
 fn start_writer(inner: &Arc<Inner>, queue: &mut LaneQueue, lane: usize) {
@@ -396,7 +419,8 @@ async fn retry_doc(
             );
             for item in b.items {
                 let started = Instant::now();
-                match apply(inner, conn, &b.doc, &[&item.update], &item.origin).await {
+                let author = [item.author.as_deref()];
+                match apply(inner, conn, &b.doc, &[&item.update], &item.origin, &author).await {
                     Ok(last) => {
                         let finished = note_transaction(inner, 1, started);
                         stored(inner, &b.doc, vec![item], last, started, finished);
@@ -458,7 +482,8 @@ fn stored(
 /// One document's batch in one statement (its own transaction).
 async fn apply_one(inner: &Inner, conn: &mut Option<Object>, b: &DocBatch) -> Result<i64> {
     let updates: Vec<&[u8]> = b.items.iter().map(|i| i.update.as_slice()).collect();
-    apply(inner, conn, &b.doc, &updates, &b.origin).await
+    let authors: Vec<Option<&str>> = b.items.iter().map(|i| i.author.as_deref()).collect();
+    apply(inner, conn, &b.doc, &updates, &b.origin, &authors).await
 }
 
 async fn apply(
@@ -467,10 +492,13 @@ async fn apply(
     doc: &str,
     updates: &[&[u8]],
     origin: &str,
+    authors: &[Option<&str>],
 ) -> Result<i64> {
     let c = connection(inner, conn).await?;
     let st = c.prepare_cached(APPLY).await?;
-    let row = c.query_one(&st, &[&doc, &updates, &origin]).await?;
+    let row = c
+        .query_one(&st, &[&doc, &updates, &origin, &authors])
+        .await?;
     Ok(row.try_get(0)?)
 }
 
@@ -478,7 +506,8 @@ async fn apply(
 /// call per document, in the order given, each on its slice of one flat array of updates.
 /// Any refused update fails (and rolls back) the whole statement.
 const APPLY_MANY: &str =
-    "SELECT t.ord, collab.apply_updates(t.doc, ($2::bytea[])[t.lo:t.hi], t.origin) \
+    "SELECT t.ord, collab.apply_updates(t.doc, ($2::bytea[])[t.lo:t.hi], t.origin, \
+                                        ($6::text[])[t.lo:t.hi]) \
      FROM unnest($1::text[], $3::int4[], $4::int4[], $5::text[]) WITH ORDINALITY \
           AS t(doc, lo, hi, origin, ord) \
      ORDER BY t.ord";
@@ -493,13 +522,17 @@ async fn apply_many(
     let docs: Vec<&str> = group.iter().map(|b| b.doc.as_str()).collect();
     let origins: Vec<&str> = group.iter().map(|b| b.origin.as_str()).collect();
     let mut updates: Vec<&[u8]> = Vec::new();
+    let mut authors: Vec<Option<&str>> = Vec::new();
     let (mut lo, mut hi) = (Vec::new(), Vec::new());
     for b in group {
         lo.push(updates.len() as i32 + 1);
         updates.extend(b.items.iter().map(|i| i.update.as_slice()));
+        authors.extend(b.items.iter().map(|i| i.author.as_deref()));
         hi.push(updates.len() as i32);
     }
-    let rows = c.query(&st, &[&docs, &updates, &lo, &hi, &origins]).await?;
+    let rows = c
+        .query(&st, &[&docs, &updates, &lo, &hi, &origins, &authors])
+        .await?;
     // Committed: from here on nothing may be retried.
     let mut lasts = vec![None; group.len()];
     for row in rows {
@@ -521,6 +554,7 @@ mod tests {
         Item {
             update: update.to_vec(),
             origin: origin.into(),
+            author: None,
             done: oneshot::channel().0,
             queued: Instant::now(),
         }

@@ -177,6 +177,8 @@ pub struct Version {
     pub updates: i64,
     /// How the burst was written: "sql" when no update of it came through a bridge.
     pub via_sql: bool,
+    /// Who wrote it (the recorded authors, sorted).
+    pub authors: Vec<String>,
 }
 
 /// Head sequence, the first sequence still readable, and the newest versions of the log (edits
@@ -199,14 +201,15 @@ pub async fn history(
     let st = c
         .prepare_cached(
             "WITH s AS ( \
-               SELECT seq, created_at, (origin IS NULL OR origin NOT LIKE '%/%') AS sql \
-               FROM collab.log_entries($1, $4)), \
+               SELECT seq, created_at, author, (origin IS NULL OR origin NOT LIKE '%/%') AS sql \
+               FROM collab.history($1, $4)), \
              u AS ( \
                SELECT *, CASE WHEN created_at - lag(created_at) OVER w <= make_interval(secs => $2) \
                                AND lag(sql) OVER w = sql THEN 0 ELSE 1 END AS brk \
                FROM s WINDOW w AS (ORDER BY seq)), \
              g AS (SELECT *, sum(brk) OVER (ORDER BY seq) AS grp FROM u) \
-             SELECT min(seq), max(seq), min(created_at), max(created_at), count(*), bool_and(sql) \
+             SELECT min(seq), max(seq), min(created_at), max(created_at), count(*), bool_and(sql), \
+                    coalesce(array_agg(DISTINCT author) FILTER (WHERE author IS NOT NULL), '{}') \
              FROM g GROUP BY grp ORDER BY max(seq) DESC LIMIT $3",
         )
         .await?;
@@ -222,6 +225,7 @@ pub async fn history(
                 last_at: r.try_get(3)?,
                 updates: r.try_get(4)?,
                 via_sql: r.try_get(5)?,
+                authors: r.try_get(6)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -233,6 +237,78 @@ pub async fn state_at(pool: &Pool, doc: &str, seq: i64) -> Result<Vec<u8>> {
     let c = client(pool).await?;
     let st = c.prepare_cached("SELECT collab.state_at($1, $2)").await?;
     Ok(c.query_one(&st, &[&doc, &seq]).await?.try_get(0)?)
+}
+
+/// Restores the document to its version at `seq` as one new update recorded under `author`
+/// (`collab.restore`); returns the head sequence afterwards.
+pub async fn restore(pool: &Pool, doc: &str, seq: i64, author: &str) -> Result<i64> {
+    let mut c = client_retrying(pool).await?;
+    let tx = c.transaction().await?;
+    // The bridge writes for its token's subject, as its lanes do with apply_updates' authors.
+    let set = tx
+        .prepare_cached("SELECT set_config('collab.author', $1, true)")
+        .await?;
+    tx.execute(&set, &[&author]).await?;
+    let st = tx.prepare_cached("SELECT collab.restore($1, $2)").await?;
+    let head: i64 = tx.query_one(&st, &[&doc, &seq]).await?.try_get(0)?;
+    tx.commit().await?;
+    Ok(head)
+}
+
+/// A run of a text by one author (`collab.text_authors`).
+pub struct Span {
+    pub position: i64,
+    pub length: i64,
+    pub author: Option<String>,
+    pub text: String,
+}
+
+pub async fn text_authors(pool: &Pool, doc: &str, field: &str) -> Result<Vec<Span>> {
+    let c = client(pool).await?;
+    let st = c
+        .prepare_cached("SELECT position, length, author, text FROM collab.text_authors($1, $2)")
+        .await?;
+    c.query(&st, &[&doc, &field])
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Span {
+                position: r.try_get(0)?,
+                length: r.try_get(1)?,
+                author: r.try_get(2)?,
+                text: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// A document matching a search (`collab.search`).
+pub struct Hit {
+    pub name: String,
+    pub rank: f32,
+    pub snippet: String,
+    pub seq: i64,
+}
+
+/// The best `limit` matches of `query` among the documents the bridge's role may read (the
+/// caller filters them by its token's rights).
+pub async fn search(pool: &Pool, query: &str, config: &str, limit: i32) -> Result<Vec<Hit>> {
+    let c = client(pool).await?;
+    let st = c
+        .prepare_cached("SELECT name, rank, snippet, seq FROM collab.search($1, $2, $3)")
+        .await?;
+    c.query(&st, &[&query, &config, &limit])
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Hit {
+                name: r.try_get(0)?,
+                rank: r.try_get(1)?,
+                snippet: r.try_get(2)?,
+                seq: r.try_get(3)?,
+            })
+        })
+        .collect()
 }
 
 pub async fn ping(pool: &Pool) -> Result<()> {

@@ -28,6 +28,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/docs/{doc}/state", get(get_state))
         .route("/api/docs/{doc}/history", get(get_history))
         .route("/api/docs/{doc}/updates", post(post_update))
+        .route("/api/docs/{doc}/restore", post(post_restore))
+        .route("/api/docs/{doc}/authors", get(get_authors))
+        .route("/api/search", get(search))
         .route("/api/session", get(session))
         .route("/api/dev/login", post(dev_login))
         .route("/api/dev/logout", post(dev_logout))
@@ -144,6 +147,7 @@ async fn get_history(
                 "last_at": millis(v.last_at),
                 "updates": v.updates,
                 "via": if v.via_sql { "sql" } else { "editor" },
+                "authors": v.authors,
             })
         })
         .collect();
@@ -270,7 +274,7 @@ async fn post_update(
     body: Bytes,
 ) -> Result<Response> {
     st.auth.check_origin(&headers)?;
-    authorize(&st, &headers, &q.token, &doc, Access::Write)?;
+    let principal = authorize(&st, &headers, &q.token, &doc, Access::Write)?;
     if body.is_empty() {
         return Err(Error::BadRequest(
             "empty body: expected a Yjs v1 update".into(),
@@ -283,13 +287,167 @@ async fn post_update(
     let origin = format!("{}/http", st.bridge_id);
     let seq = st
         .batcher
-        .submit(&doc, body.to_vec(), origin)
+        .submit_as(
+            &doc,
+            body.to_vec(),
+            origin,
+            Some(principal.subject.as_str().into()),
+        )
         .await
         .map_err(|_| Error::Internal("update lost".into()))??;
     Ok(with_etag(
         Json(json!({"name": doc, "seq": seq, "head_seq": seq})).into_response(),
         seq,
     ))
+}
+
+#[derive(Deserialize)]
+struct RestoreQuery {
+    token: Option<String>,
+    /// The version to restore: the document as it was right after this sequence.
+    seq: i64,
+}
+
+/// `POST /api/docs/{doc}/restore?seq=N` (write right): makes the document read as it did at
+/// `seq`, as one new update that every client receives and merges (`collab.restore`), recorded
+/// under the token's subject. Answers the new head sequence.
+async fn post_restore(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<RestoreQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    st.auth.check_origin(&headers)?;
+    let principal = authorize(&st, &headers, &q.token, &doc, Access::Write)?;
+    let head = db::head_seq(&st.pool, &doc).await?;
+    if !(0..=head).contains(&q.seq) {
+        return Err(Error::BadRequest(format!(
+            "seq must be between 0 and the head sequence {head}, got {}",
+            q.seq
+        )));
+    }
+    let head = db::restore(&st.pool, &doc, q.seq, &principal.subject).await?;
+    Ok(with_etag(
+        Json(json!({"name": doc, "restored": q.seq, "head_seq": head})).into_response(),
+        head,
+    ))
+}
+
+#[derive(Deserialize)]
+struct AuthorsQuery {
+    token: Option<String>,
+    field: Option<String>,
+}
+
+/// `GET /api/docs/{doc}/authors[?field=content]` (read right): who wrote each run of the
+/// current text (`collab.text_authors`).
+async fn get_authors(
+    State(st): State<AppState>,
+    Path(doc): Path<String>,
+    Query(q): Query<AuthorsQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    authorize(&st, &headers, &q.token, &doc, Access::Read)?;
+    let field = q.field.as_deref().unwrap_or("content");
+    let n = field.chars().count();
+    if n == 0 || n > db::MAX_NAME_CHARS {
+        return Err(Error::BadRequest(
+            "field must be 1 to 255 characters".into(),
+        ));
+    }
+    let spans: Vec<_> = db::text_authors(&st.pool, &doc, field)
+        .await?
+        .into_iter()
+        .map(|s| json!({"position": s.position, "length": s.length, "author": s.author, "text": s.text}))
+        .collect();
+    Ok(Json(json!({"name": doc, "field": field, "spans": spans})).into_response())
+}
+
+/// The text search configurations PostgreSQL 15 ships (`\dF`): an unknown name would be an
+/// undefined-object error, which the bridge reserves for deleted documents.
+const SEARCH_LANGUAGES: &[&str] = &[
+    "simple",
+    "arabic",
+    "armenian",
+    "basque",
+    "catalan",
+    "danish",
+    "dutch",
+    "english",
+    "finnish",
+    "french",
+    "german",
+    "greek",
+    "hindi",
+    "hungarian",
+    "indonesian",
+    "irish",
+    "italian",
+    "lithuanian",
+    "nepali",
+    "norwegian",
+    "portuguese",
+    "romanian",
+    "russian",
+    "serbian",
+    "spanish",
+    "swedish",
+    "tamil",
+    "turkish",
+    "yiddish",
+];
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    token: Option<String>,
+    q: String,
+    /// Text search configuration (default `simple`).
+    lang: Option<String>,
+    limit: Option<i32>,
+}
+
+/// `GET /api/search?q=...[&lang=english][&limit=20]`: documents whose text matches, best first,
+/// only those the token may read, with a snippet (matches between `<mark>` and `</mark>`).
+async fn search(
+    State(st): State<AppState>,
+    Query(q): Query<SearchQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let principal = st.auth.authenticate(&headers, q.token.as_deref())?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Error::BadRequest("limit must be between 1 and 100".into()));
+    }
+    if q.q.chars().count() > 1000 {
+        return Err(Error::BadRequest(
+            "q must be at most 1000 characters".into(),
+        ));
+    }
+    let lang = q.lang.as_deref().unwrap_or("simple");
+    if !SEARCH_LANGUAGES.contains(&lang) {
+        return Err(Error::BadRequest(format!(
+            "lang must be one of PostgreSQL's text search configurations: {}",
+            SEARCH_LANGUAGES.join(", ")
+        )));
+    }
+    // The database applies the bridge role's rights; the token's are applied here, so ask for
+    // more than the page (a token that reads few of many matches may get fewer than `limit`).
+    let hits: Vec<_> = db::search(&st.pool, &q.q, lang, limit * 5)
+        .await?
+        .into_iter()
+        .filter_map(|h| {
+            let access = principal.access(&h.name)?;
+            Some(json!({
+                "name": h.name,
+                "rank": h.rank,
+                "snippet": h.snippet,
+                "seq": h.seq,
+                "access": access,
+            }))
+        })
+        .take(limit as usize)
+        .collect();
+    Ok(Json(json!({"q": q.q, "results": hits})).into_response())
 }
 
 #[derive(Deserialize)]

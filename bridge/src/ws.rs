@@ -520,10 +520,13 @@ impl Conn {
             return Ok(());
         }
         let permit = self.write_budget(update.len()).await?;
-        let done = self
-            .st
-            .batcher
-            .submit(&self.doc, update, self.origin.clone());
+        // #13: the token's subject is recorded as the update's author.
+        let done = self.st.batcher.submit_as(
+            &self.doc,
+            update,
+            self.origin.clone(),
+            Some(self.subject.clone()),
+        );
         self.pending.push(Box::pin(async move {
             let r = done
                 .await

@@ -46,5 +46,9 @@ export const api = {
   logout: () => call('POST', '/api/dev/logout'),
   docs: () => call('GET', '/api/docs'),
   history: (name) => call('GET', `${docPath(name)}/history`),
-  stateAt: (name, seq) => call('GET', `${docPath(name)}/state?at=${seq}`)
+  stateAt: (name, seq) => call('GET', `${docPath(name)}/state?at=${seq}`),
+  // #13: restore a version, who wrote what, search.
+  restore: (name, seq) => call('POST', `${docPath(name)}/restore?seq=${seq}`),
+  authors: (name) => call('GET', `${docPath(name)}/authors`),
+  search: (q) => call('GET', `/api/search?q=${encodeURIComponent(q)}`)
 }

@@ -2,6 +2,7 @@ import Quill from 'quill'
 import * as Y from 'yjs'
 
 import { api } from './api.js'
+import { showAuthors } from './authors.js'
 
 const time = (ms) => new Date(ms).toLocaleString(undefined, {
   month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit'
@@ -16,6 +17,9 @@ const time = (ms) => new Date(ms).toLocaleString(undefined, {
 export function openHistory (box, name) {
   box.innerHTML = `
     <p class="muted" id="history-status">Loading…</p>
+    <button type="button" id="authors-toggle">Show who wrote what</button>
+    <div id="authors" class="authors" hidden></div>
+    <p id="restore-status" class="muted" role="status"></p>
     <ol id="versions" class="versions"></ol>
     <dialog id="preview" class="preview">
       <header><strong id="preview-title"></strong><button type="button" id="preview-close">Close</button></header>
@@ -28,6 +32,26 @@ export function openHistory (box, name) {
     theme: 'snow', readOnly: true, modules: { toolbar: false }
   })
   box.querySelector('#preview-close').addEventListener('click', () => dialog.close())
+  // #13: who wrote what, as a read-only coloured view (works whatever the editor is).
+  const authorsBox = box.querySelector('#authors')
+  const authorsToggle = box.querySelector('#authors-toggle')
+  authorsToggle.addEventListener('click', () => {
+    authorsBox.hidden = !authorsBox.hidden
+    authorsToggle.textContent = authorsBox.hidden ? 'Show who wrote what' : 'Hide who wrote what'
+    if (!authorsBox.hidden) showAuthors(authorsBox, name)
+  })
+  // #13: restoring writes one new update that every open page merges (collab.restore).
+  const restoreStatus = box.querySelector('#restore-status')
+  async function restore (v) {
+    restoreStatus.textContent = `Restoring #${v.seq_to}…`
+    try {
+      const r = await api.restore(name, v.seq_to)
+      restoreStatus.textContent = `Restored version #${v.seq_to} as #${r.head_seq}.`
+      load()
+    } catch (e) {
+      restoreStatus.textContent = `Could not restore: ${e.message}`
+    }
+  }
 
   let stopped = false
   async function preview (v) {
@@ -62,9 +86,16 @@ export function openHistory (box, name) {
         const n = v.updates === 1 ? '1 edit' : `${v.updates} edits`
         b.innerHTML = '<span class="when"></span><span class="what"></span>'
         b.querySelector('.when').textContent = time(v.last_at)
-        b.querySelector('.what').textContent = `#${v.seq_to} · ${n}${v.via === 'sql' ? ' · SQL' : ''}`
+        const by = v.authors && v.authors.length ? ` · ${v.authors.join(', ')}` : ''
+        b.querySelector('.what').textContent = `#${v.seq_to} · ${n}${v.via === 'sql' ? ' · SQL' : ''}${by}`
         b.addEventListener('click', () => preview(v))
-        li.append(b)
+        const r = document.createElement('button')
+        r.type = 'button'
+        r.className = 'restore'
+        r.dataset.seq = String(v.seq_to)
+        r.textContent = 'Restore this version'
+        r.addEventListener('click', () => restore(v))
+        li.append(b, r)
         list.append(li)
       }
     } catch (e) {

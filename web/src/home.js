@@ -1,5 +1,6 @@
 import { api } from './api.js'
 import { navigate } from './router.js'
+import { mountSearch } from './search.js'
 
 const ago = (ms) => {
   const s = Math.round((Date.now() - ms) / 1000)
@@ -24,6 +25,7 @@ export async function renderHome (app) {
       <table class="docs"><thead><tr><th>Name</th><th>Last edit</th><th>Version</th><th></th></tr></thead>
       <tbody id="doc-list"><tr><td colspan="4" class="muted">Loading…</td></tr></tbody></table>
     </section>`
+  mountSearch(app.querySelector('#open-doc').parentElement) // #13: the search box
   app.querySelector('#open-doc').addEventListener('submit', (e) => {
     e.preventDefault()
     const name = app.querySelector('#doc-name').value.trim()

@@ -339,3 +339,57 @@ async fn the_history_panel_previews_an_earlier_version_read_only() {
     assert_eq!(preview["live"], "First draft. Reviewed.");
     done(node).await;
 }
+
+/// #13: restoring a version from the history panel while another page types: both pages and the
+/// database converge on the restored text plus the later typing, and the coloured "who wrote
+/// this" view names both people.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_version_while_another_page_types_converges_on_both() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("restore", &bridge, "restore");
+
+    node.step("ready").await;
+    pg.insert_text("restore", 12, " Reviewed.").await;
+    node.tell("go").await;
+    let seen = node.step("restored").await;
+    let text = seen["text"].as_str().unwrap().to_string();
+    // What Grace typed after the restore, then whatever of her concurrent typing the restore
+    // did not take out (it removes what was stored after the version when it ran), then the
+    // restored text; the SQL edit is gone.
+    let rest = text.strip_prefix("XYZ ").expect("the later typing is kept");
+    let typed = rest
+        .strip_suffix("First draft.")
+        .expect("the restored text");
+    assert!(
+        typed.chars().all(|c| "abcdefgh".contains(c)),
+        "only Grace's typing besides the version: {text:?}"
+    );
+    assert!(!text.contains("Reviewed."));
+    assert_eq!(
+        pg.text("restore").await,
+        text,
+        "the database holds what both pages show"
+    );
+    let authors: Vec<&str> = seen["authors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        authors.contains(&"Ada") && authors.contains(&"Grace"),
+        "{authors:?}"
+    );
+    assert!(
+        seen["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v.as_str().unwrap().contains("Ada")),
+        "versions name their authors: {:?}",
+        seen["versions"]
+    );
+    done(node).await;
+}

@@ -280,6 +280,36 @@ const scenarios = {
     })
   },
 
+  // #13: Ada restores an earlier version while Grace is typing: both pages converge on the
+  // restored text plus what Grace typed after it; "who wrote this" names both.
+  async restore () {
+    const ada = await person('Ada')
+    await typeIn(ada, 0, 'First draft.')
+    const grace = await person('Grace')
+    await converge([ada, grace], (t) => t === 'First draft.')
+    step('ready')
+    await waitLine() // the Rust side appended text through SQL, a version of its own
+    await converge([ada, grace], (t) => t.endsWith('Reviewed.'))
+    await ada.page.click('#history-open')
+    await ada.page.waitForSelector('#versions button.restore >> nth=1', { timeout: 10000 })
+    // Grace types at the start while Ada restores the oldest version.
+    const typing = typeIn(grace, 0, 'abcdefgh')
+    await ada.page.locator('#versions button.restore').last().click()
+    await ada.page.waitForFunction(
+      () => (document.getElementById('restore-status')?.textContent || '').startsWith('Restored'),
+      null, { timeout: 10000 })
+    await typing
+    await converge([ada, grace], (t) => !t.includes('Reviewed.'))
+    // Typing after the restore.
+    await typeIn(grace, 0, 'XYZ ')
+    const t = await converge([ada, grace], (t) => t.startsWith('XYZ '))
+    await ada.page.click('#authors-toggle')
+    await ada.page.waitForSelector('#authors .authored .by', { timeout: 10000 })
+    const authors = await ada.page.$$eval('#authors .authored .by', (els) => els.map((e) => e.dataset.author))
+    const versions = await ada.page.$$eval('#versions button.version', (els) => els.map((e) => e.textContent))
+    step('restored', { text: t, authors, versions })
+  },
+
   // The history panel previews an earlier version, read-only.
   async history () {
     const ada = await person('Ada')

@@ -2,6 +2,7 @@
 //! y-websocket client built on yrs + tokio-tungstenite, tokens, and a tiny HTTP client.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod ha;
 mod script;
 #[allow(unused_imports)]
 pub use script::Script;

@@ -32,6 +32,9 @@ pub struct Config {
 
     /// PostgreSQL connection string (URL or key=value form) of the database with pg_collab.
     /// Keep the password out of it: --database-password-file or COLLAB_DATABASE_PASSWORD.
+    /// For a failover pair give every node and `target_session_attrs=read-write`
+    /// (`postgres://u@h1:5432,h2:5432/db?target_session_attrs=read-write` or `host=h1,h2 ...`):
+    /// the pool, the write lanes and the listener then reconnect to whichever node is primary.
     #[arg(
         long,
         env = "COLLAB_DATABASE_URL",

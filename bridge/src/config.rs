@@ -43,6 +43,23 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// A shard (repeat once per shard, in the order of the PL/Proxy cluster's partitions; a
+    /// power of two of them): documents live on the shard `collab.shard_hash(name)` picks, and
+    /// the bridge keeps a pool, write lanes and a LISTEN connection per shard. Replaces
+    /// --database-url (docs/operations.md).
+    #[arg(
+        long = "shard-url",
+        env = "COLLAB_SHARD_URLS",
+        value_delimiter = ' ',
+        hide_env_values = true
+    )]
+    pub shard_urls: Vec<String>,
+
+    /// A hot standby of --database-url for HTTP reads (GET /api/docs...): never WebSocket sync,
+    /// never writes. Its reads may be behind the primary by its replay lag (docs/operations.md).
+    #[arg(long, env = "COLLAB_REPLICA_URL", hide_env_values = true)]
+    pub replica_url: Option<String>,
+
     /// File holding the database password (trailing newline ignored).
     #[arg(long, env = "COLLAB_DATABASE_PASSWORD_FILE")]
     pub database_password_file: Option<PathBuf>,

@@ -102,7 +102,7 @@ async fn list_docs(
     headers: HeaderMap,
 ) -> Result<Response> {
     let principal = st.auth.authenticate(&headers, q.token.as_deref())?;
-    let docs: Vec<_> = db::list_docs(&st.pool, 500)
+    let docs: Vec<_> = list_all_shards(&st, 500)
         .await?
         .into_iter()
         .filter_map(|d| {
@@ -119,6 +119,41 @@ async fn list_docs(
     Ok(Json(json!({ "docs": docs })).into_response())
 }
 
+/// The most recently edited documents of every shard (reads go to the replica if there is
+/// one), newest first. A shard that does not answer is left out (its documents are
+/// unavailable, the others are not); the call fails only when no shard answers.
+async fn list_all_shards(st: &AppState, limit: i64) -> Result<Vec<db::DocInfo>> {
+    let calls = st
+        .shards
+        .all()
+        .iter()
+        .map(|s| db::list_docs(s.replica.as_ref().unwrap_or(&s.pool), limit));
+    let mut docs = Vec::new();
+    let (mut last_err, mut answered) = (None, false);
+    for (i, r) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Ok(d) => {
+                answered = true;
+                docs.extend(d);
+            }
+            Err(e) => {
+                tracing::warn!(shard = i, "document list incomplete: {e}");
+                last_err = Some(e);
+            }
+        }
+    }
+    if let (false, Some(e)) = (answered, last_err) {
+        return Err(e);
+    }
+    docs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    docs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(docs)
+}
+
 /// Pause between two updates that starts a new version in the history.
 const VERSION_GAP_SECS: f64 = 5.0;
 
@@ -133,7 +168,8 @@ async fn get_history(
     if let Some(resp) = not_modified(&st, &headers, &doc).await? {
         return Ok(resp);
     }
-    let (head, history_from, versions) = db::history(&st.pool, &doc, VERSION_GAP_SECS, 100).await?;
+    let (pool, replica) = st.read_pool_for(&doc);
+    let (head, history_from, versions) = db::history(pool, &doc, VERSION_GAP_SECS, 100).await?;
     let versions: Vec<_> = versions
         .into_iter()
         .map(|v| {
@@ -153,7 +189,10 @@ async fn get_history(
         "history_from": history_from,
         "versions": versions,
     });
-    Ok(with_etag(Json(body).into_response(), head))
+    Ok(from_replica(
+        with_etag(Json(body).into_response(), head),
+        replica,
+    ))
 }
 
 fn authorize(
@@ -195,7 +234,7 @@ async fn not_modified(st: &AppState, headers: &HeaderMap, doc: &str) -> Result<O
     if headers.get(header::IF_NONE_MATCH).is_none() {
         return Ok(None);
     }
-    let head = db::head_seq(&st.pool, doc).await?;
+    let head = db::head_seq(st.read_pool_for(doc).0, doc).await?;
     Ok(matches_etag(headers, &etag(head))
         .then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), head)))
 }
@@ -212,11 +251,27 @@ async fn get_doc(
         return Ok(resp);
     }
     let access = principal.access(&doc);
-    let (head, text, json) = db::summary(&st.pool, &doc).await?;
+    let (pool, replica) = st.read_pool_for(&doc);
+    let (head, text, json) = db::summary(pool, &doc).await?;
     let json: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))?;
     let body = json!({"name": doc, "head_seq": head, "text": text, "json": json, "access": access});
-    Ok(with_etag(Json(body).into_response(), head))
+    Ok(from_replica(
+        with_etag(Json(body).into_response(), head),
+        replica,
+    ))
+}
+
+/// Marks a response read from the replica (`x-collab-read-from: replica`): it may be behind
+/// the primary by the replica's replay lag (docs/operations.md).
+fn from_replica(mut resp: Response, replica: bool) -> Response {
+    if replica {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("x-collab-read-from"),
+            HeaderValue::from_static("replica"),
+        );
+    }
+    resp
 }
 
 fn binary(bytes: Vec<u8>) -> Response {
@@ -239,15 +294,16 @@ async fn get_state(
     headers: HeaderMap,
 ) -> Result<Response> {
     authorize(&st, &headers, &q.token, &doc, Access::Read)?;
+    let (pool, replica) = st.read_pool_for(&doc);
     if let Some(at) = q.at {
-        let head = db::head_seq(&st.pool, &doc).await?;
+        let head = db::head_seq(pool, &doc).await?;
         if !(0..=head).contains(&at) {
             return Err(Error::BadRequest(format!(
                 "at must be between 0 and the head sequence {head}, got {at}"
             )));
         }
-        let state = db::state_at(&st.pool, &doc, at).await?;
-        let mut resp = binary(state);
+        let state = db::state_at(pool, &doc, at).await?;
+        let mut resp = from_replica(binary(state), replica);
         resp.headers_mut().insert(
             header::HeaderName::from_static("x-collab-seq"),
             HeaderValue::from(at),
@@ -257,8 +313,8 @@ async fn get_state(
     if let Some(resp) = not_modified(&st, &headers, &doc).await? {
         return Ok(resp);
     }
-    let (head, state) = db::state(&st.pool, &doc).await?;
-    Ok(with_etag(binary(state), head))
+    let (head, state) = db::state(pool, &doc).await?;
+    Ok(from_replica(with_etag(binary(state), head), replica))
 }
 
 /// `POST /api/docs/{doc}/updates`: body is one Yjs v1 update; needs write access.
@@ -277,12 +333,12 @@ async fn post_update(
         ));
     }
     if !protocol::check_update(&body)? {
-        let head = db::head_seq(&st.pool, &doc).await?;
+        let head = db::head_seq(st.pool_for(&doc), &doc).await?;
         return Ok(Json(json!({"name": doc, "seq": null, "head_seq": head})).into_response());
     }
     let origin = format!("{}/http", st.bridge_id);
     let seq = st
-        .batcher
+        .batcher_for(&doc)
         .submit(&doc, body.to_vec(), origin)
         .await
         .map_err(|_| Error::Internal("update lost".into()))??;

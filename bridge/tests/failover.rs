@@ -111,7 +111,11 @@ async fn typing_continues_through_a_failover_and_nothing_committed_is_lost() {
         .map(|t| t.as_str().unwrap().to_string())
         .collect();
     for t in &tokens {
-        assert_eq!(text.matches(t.as_str()).count(), 1, "token {t} once in {text}");
+        assert_eq!(
+            text.matches(t.as_str()).count(),
+            1,
+            "token {t} once in {text}"
+        );
     }
     let (acked, failed) = sql_writer.await.unwrap();
     node.finish().await;

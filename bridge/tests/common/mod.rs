@@ -4,6 +4,7 @@
 
 pub mod ha;
 mod script;
+pub mod shards;
 #[allow(unused_imports)]
 pub use script::Script;
 

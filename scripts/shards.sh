@@ -38,7 +38,8 @@ install_proxy() { # port db connstr...
         opts+="${opts:+, }p$i '${c//\'/\'\'}'"
         i=$((i + 1))
     done
-    psql_at "$port" "$db" -c "CREATE EXTENSION IF NOT EXISTS plproxy" \
+    psql_at "$port" "$db" -c "SET client_min_messages = warning" \
+        -c "CREATE EXTENSION IF NOT EXISTS plproxy" \
         -c "DROP SERVER IF EXISTS collab_shards CASCADE" \
         -c "CREATE SERVER collab_shards FOREIGN DATA WRAPPER plproxy OPTIONS (connection_lifetime '1800', $opts)" \
         -c "COMMENT ON SERVER collab_shards IS 'pg_collab shards: partition i is the shard that owns documents with collab.shard_hash(name) & (count - 1) = i'" \
@@ -49,6 +50,7 @@ case "${1:-}" in
 start)
     dir="${2:?usage: scripts/shards.sh start DIR N}"; n="${3:?usage: scripts/shards.sh start DIR N}"
     mkdir -p "$dir" && dir="$(cd "$dir" && pwd)"
+    chmod 755 "$dir" # the clusters' owner (postgres when we are root) must reach them
     conns=(); args=""
     for ((i = 0; i < n; i++)); do
         port="$(free_port)"

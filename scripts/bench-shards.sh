@@ -8,7 +8,8 @@
 #                 processes, each on its shard's 32 documents, CLIENTS/2 connections each)
 #   via proxy     through the PL/Proxy proxy database (the SQL route for applications)
 # Throwaway clusters (fsync off, as in the tests): the cost measured is CPU, not the disk.
-# Usage: scripts/bench-shards.sh   (DUR=15 CLIENTS=8 by default)
+# Usage: scripts/bench-shards.sh   (DUR=15 CLIENTS=8 by default; PROFILE=1 also samples the
+# CPU with perf during each run and prints the postgres functions that use most of it)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DUR="${DUR:-15}"
@@ -62,6 +63,11 @@ run() { # label, then "port:script:clients" specs
     local label="$1"; shift
     local before after pids=() logs=() committed=0
     before=($(cpu_all))
+    local perf_pid=""
+    if [ -n "${PROFILE:-}" ]; then
+        perf record -a -F 499 -g -o "$dir/perf.data" -- sleep "$DUR" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     for spec in "$@"; do
         IFS=: read -r port file clients <<<"$spec"
         log="$dir/pgbench.$RANDOM"; logs+=("$log")
@@ -70,6 +76,7 @@ run() { # label, then "port:script:clients" specs
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
+    [ -n "$perf_pid" ] && wait "$perf_pid"
     sleep 1 # let the backends exit and be reaped
     after=($(cpu_all))
     for log in "${logs[@]}"; do
@@ -83,6 +90,11 @@ run() { # label, then "port:script:clients" specs
     printf '%-12s %8d updates/s | CPU ms: shard0 %6d shard1 %6d proxy %6d | shard CPU per update %s us\n' \
         "$label" "$per_s" "$s0" "$s1" "$px" \
         "$(awk -v a="$((s0 + s1))" -v n="$committed" 'BEGIN { printf "%.1f", a * 1000 / n }')"
+    if [ -n "$perf_pid" ]; then
+        echo "  where postgres's CPU went (self time, % of all samples):"
+        perf report -i "$dir/perf.data" --no-children --comm postgres --sort dso,symbol \
+            --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -12 | sed 's/^/  /'
+    fi
 }
 
 say "$CLIENTS connections, $DUR s per run, one insert_text per transaction"

@@ -2,10 +2,11 @@
 # Committed updates/s with one and with two pg_collab shards (scripts/shards.sh), and the CPU
 # each shard's PostgreSQL spent per committed update. Each update is one
 # `collab.insert_text` transaction (pgbench, CLIENTS connections per run, DUR seconds) on one
-# of 64 documents, sent:
-#   one shard     straight to shard 0 (all 64 documents there: the unsharded baseline)
+# of DOCS documents (16: fewer than a backend's document cache, collab.cache_documents = 32,
+# so that one shard is not penalised by reloading documents), sent:
+#   one shard     straight to shard 0 (all documents there: the unsharded baseline)
 #   two shards    straight to the owning shard, as collab-bridge --shard-url does (two pgbench
-#                 processes, each on its shard's 32 documents, CLIENTS/2 connections each)
+#                 processes, each on its shard's documents, CLIENTS/2 connections each)
 #   via proxy     through the PL/Proxy proxy database (the SQL route for applications)
 # Throwaway clusters (fsync off, as in the tests): the cost measured is CPU, not the disk.
 # Usage: scripts/bench-shards.sh   (DUR=15 CLIENTS=8 by default; PROFILE=1 also samples the
@@ -14,6 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DUR="${DUR:-15}"
 CLIENTS="${CLIENTS:-8}"
+DOCS="${DOCS:-16}"
 
 dir="$(mktemp -d /tmp/pg_collab-bench-shards.XXXXXX)"
 cleanup() { bash "$ROOT/scripts/shards.sh" stop "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"; }
@@ -23,10 +25,10 @@ out="$(bash "$ROOT/scripts/shards.sh" start "$dir" 2)"
 eval "$out"
 psql_at() { "$PG_BIN/psql" -X -q -At -h 127.0.0.1 -p "$1" -U postgres -d postgres "${@:2}"; }
 
-# 64 document names and their shard (the proxy's hash).
+# DOCS document names and their shard (the proxy's hash).
 names=(); shard_of=()
 while IFS='|' read -r n s; do names+=("$n"); shard_of+=("$s"); done < <(
-    psql_at "$PROXY_PORT" -c "SELECT 'bench-' || i, collab.shard_hash('bench-' || i) & 1 FROM generate_series(0, 63) i")
+    psql_at "$PROXY_PORT" -c "SELECT 'bench-' || i, collab.shard_hash('bench-' || i) & 1 FROM generate_series(0, $DOCS - 1) i")
 
 # A pgbench script over the given names.
 script() { # file names...
@@ -92,12 +94,14 @@ run() { # label, then "port:script:clients" specs
         "$(awk -v a="$((s0 + s1))" -v n="$committed" 'BEGIN { printf "%.1f", a * 1000 / n }')"
     if [ -n "$perf_pid" ]; then
         echo "  where postgres's CPU went (self time, % of all samples):"
+        # (awk, not head: with pipefail, head closing the pipe would end the script)
         perf report -i "$dir/perf.data" --no-children --comm postgres --sort dso,symbol \
-            --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | head -12 | sed 's/^/  /'
+            --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' | sed 's/ *- *- *$//' |
+            awk 'NR <= 12 { print "  " $0 }'
     fi
 }
 
-say "$CLIENTS connections, $DUR s per run, one insert_text per transaction"
+say "$CLIENTS connections, $DUR s per run, $DOCS documents, one insert_text per transaction"
 run "one shard" "$SHARD0_PORT:$all:$CLIENTS"
 run "two shards" "$SHARD0_PORT:$dir/shard0.sql:$((CLIENTS / 2))" "$SHARD1_PORT:$dir/shard1.sql:$((CLIENTS / 2))"
 run "via proxy" "$PROXY_PORT:$all:$CLIENTS"

@@ -149,7 +149,7 @@ async fn list_all_shards(st: &AppState, limit: i64) -> Result<Vec<db::DocInfo>> 
     if let (false, Some(e)) = (answered, last_err) {
         return Err(e);
     }
-    docs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    docs.sort_by_key(|d| std::cmp::Reverse(d.updated_at));
     docs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(docs)
 }

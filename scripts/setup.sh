@@ -2,13 +2,17 @@
 # Installs everything pg_collab needs on a fresh Debian 12 machine that has only Rust, then
 # builds and installs the extension into the system PostgreSQL 15 and builds the demo page
 # (web/dist). Safe and fast to re-run. `--tests` also installs what only the tests need
-# (Debian's Chromium for the browser tests).
+# (Debian's Chromium for the browser tests, pg_auto_failover and PL/Proxy for the HA and
+# sharding tests).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config)
 if [ "${1:-}" = "--tests" ]; then
     APT_PACKAGES+=(chromium fonts-dejavu-core)
+    # The HA and sharding tests (scripts/ha.sh, scripts/shards.sh): pg_auto_failover (monitor
+    # extension and pg_autoctl) and PL/Proxy.
+    APT_PACKAGES+=(postgresql-15-auto-failover pg-auto-failover-cli postgresql-15-plproxy)
 fi
 
 missing=()

@@ -32,6 +32,9 @@ pub struct Config {
 
     /// PostgreSQL connection string (URL or key=value form) of the database with pg_collab.
     /// Keep the password out of it: --database-password-file or COLLAB_DATABASE_PASSWORD.
+    /// For a failover pair give every node and `target_session_attrs=read-write`
+    /// (`postgres://u@h1:5432,h2:5432/db?target_session_attrs=read-write` or `host=h1,h2 ...`):
+    /// the pool, the write lanes and the listener then reconnect to whichever node is primary.
     #[arg(
         long,
         env = "COLLAB_DATABASE_URL",
@@ -39,6 +42,23 @@ pub struct Config {
         default_value = "postgres://postgres@127.0.0.1:5499/postgres"
     )]
     pub database_url: String,
+
+    /// A shard (repeat once per shard, in the order of the PL/Proxy cluster's partitions; a
+    /// power of two of them): documents live on the shard `collab.shard_hash(name)` picks, and
+    /// the bridge keeps a pool, write lanes and a LISTEN connection per shard. Replaces
+    /// --database-url (docs/operations.md).
+    #[arg(
+        long = "shard-url",
+        env = "COLLAB_SHARD_URLS",
+        value_delimiter = ' ',
+        hide_env_values = true
+    )]
+    pub shard_urls: Vec<String>,
+
+    /// A hot standby of --database-url for HTTP reads (GET /api/docs...): never WebSocket sync,
+    /// never writes. Its reads may be behind the primary by its replay lag (docs/operations.md).
+    #[arg(long, env = "COLLAB_REPLICA_URL", hide_env_values = true)]
+    pub replica_url: Option<String>,
 
     /// File holding the database password (trailing newline ignored).
     #[arg(long, env = "COLLAB_DATABASE_PASSWORD_FILE")]

@@ -185,6 +185,9 @@ impl From<tokio_postgres::Error> for Error {
             "55P03" => Error::Locked(msg),
             // statement_timeout: nothing was stored, the client may try again.
             "57014" => Error::Unavailable(msg),
+            // A write reached a standby (a failover under way): nothing was stored; the
+            // connection is dropped and the next one goes to the primary.
+            "25006" => Error::Unavailable(msg),
             code if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
                 Error::Unavailable(msg)
             }

@@ -380,7 +380,8 @@ impl Room {
 }
 
 struct HubCtx {
-    pool: Pool,
+    /// Where each room's document lives (its shard's pool: `shards.pool_for(&room.name)`).
+    shards: Arc<crate::shards::Shards>,
     metrics: Arc<Metrics>,
     /// Origin of coalesced awareness broadcasts: the bridge id.
     bridge_origin: String,
@@ -398,7 +399,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(
-        pool: Pool,
+        shards: Arc<crate::shards::Shards>,
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
         cancel: CancellationToken,
@@ -408,7 +409,7 @@ impl Hub {
         Hub {
             rooms: Mutex::new(HashMap::new()),
             ctx: Arc::new(HubCtx {
-                pool,
+                shards,
                 metrics,
                 bridge_origin: bridge_id.to_string(),
                 awareness_interval,
@@ -558,7 +559,14 @@ async fn flush_awareness(room: Arc<Room>, ctx: Arc<HubCtx>) {
             continue;
         }
         let frame = protocol::awareness(entries);
-        publish_awareness(&ctx.pool, &room, &ctx.bridge_origin, &frame, &ctx.metrics).await;
+        publish_awareness(
+            ctx.shards.pool_for(&room.name),
+            &room,
+            &ctx.bridge_origin,
+            &frame,
+            &ctx.metrics,
+        )
+        .await;
     }
 }
 
@@ -588,7 +596,7 @@ async fn run_room(
     let mut last = loop {
         let attempt = tokio::select! {
             _ = room.stop.cancelled() => return,
-            r = db::head_seq(&ctx.pool, &room.name) => r,
+            r = db::head_seq(ctx.shards.pool_for(&room.name), &room.name) => r,
         };
         match attempt {
             Ok(seq) => break seq,
@@ -636,7 +644,9 @@ async fn handle_event(
                 // `deleted` notification lost: then the log ends before what the room
                 // delivered, and the clients hold a document that is gone.
                 if seq_from == 1 {
-                    if let Ok(head) = db::head_seq(&ctx.pool, &room.name).await {
+                    if let Ok(head) =
+                        db::head_seq(ctx.shards.pool_for(&room.name), &room.name).await
+                    {
                         if head < last {
                             tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
                             room.kick_all(Error::Deleted);
@@ -700,7 +710,13 @@ async fn catch_up_page(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let fetched = {
         let _slot = ctx.catchup_slots.acquire().await;
-        db::updates_since(&ctx.pool, &room.name, last, CATCH_UP_PAGE_ROWS).await
+        db::updates_since(
+            ctx.shards.pool_for(&room.name),
+            &room.name,
+            last,
+            CATCH_UP_PAGE_ROWS,
+        )
+        .await
     };
     match fetched {
         Ok(rows) => {
@@ -714,7 +730,7 @@ async fn catch_up_page(
                 // Nothing new. A log that ends before what this room delivered means that the
                 // document was deleted (and maybe written anew) and the `deleted` notification
                 // was lost (a listener outage): the clients hold a document that is gone.
-                if let Ok(head) = db::head_seq(&ctx.pool, &room.name).await {
+                if let Ok(head) = db::head_seq(ctx.shards.pool_for(&room.name), &room.name).await {
                     if head < last {
                         tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
                         room.kick_all(Error::Deleted);

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use deadpool_postgres::Pool;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -105,7 +106,7 @@ async fn list_docs(
     headers: HeaderMap,
 ) -> Result<Response> {
     let principal = st.auth.authenticate(&headers, q.token.as_deref())?;
-    let docs: Vec<_> = db::list_docs(&st.pool, 500)
+    let docs: Vec<_> = list_all_shards(&st, 500)
         .await?
         .into_iter()
         .filter_map(|d| {
@@ -122,6 +123,51 @@ async fn list_docs(
     Ok(Json(json!({ "docs": docs })).into_response())
 }
 
+/// The most recently edited documents of every shard, newest first.
+async fn list_all_shards(st: &AppState, limit: i64) -> Result<Vec<db::DocInfo>> {
+    let mut docs = gather_shards(st, "document list", |pool| db::list_docs(pool, limit)).await?;
+    docs.sort_by_key(|d| std::cmp::Reverse(d.updated_at));
+    docs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(docs)
+}
+
+/// One call on every shard at once (reads go to the replica if there is one), the answers put
+/// together. A shard that does not answer is left out (its documents are unavailable, the
+/// others are not); the call fails only when no shard answers.
+async fn gather_shards<'a, T, F, Fut>(st: &'a AppState, what: &str, call: F) -> Result<Vec<T>>
+where
+    F: Fn(&'a Pool) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>>>,
+{
+    let calls = st
+        .shards
+        .all()
+        .iter()
+        .map(|s| call(s.replica.as_ref().unwrap_or(&s.pool)));
+    let mut all = Vec::new();
+    let (mut last_err, mut answered) = (None, false);
+    for (i, r) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Ok(part) => {
+                answered = true;
+                all.extend(part);
+            }
+            Err(e) => {
+                tracing::warn!(shard = i, "{what} incomplete: {e}");
+                last_err = Some(e);
+            }
+        }
+    }
+    if let (false, Some(e)) = (answered, last_err) {
+        return Err(e);
+    }
+    Ok(all)
+}
+
 /// Pause between two updates that starts a new version in the history.
 const VERSION_GAP_SECS: f64 = 5.0;
 
@@ -136,7 +182,8 @@ async fn get_history(
     if let Some(resp) = not_modified(&st, &headers, &doc).await? {
         return Ok(resp);
     }
-    let (head, history_from, versions) = db::history(&st.pool, &doc, VERSION_GAP_SECS, 100).await?;
+    let (pool, replica) = st.read_pool_for(&doc);
+    let (head, history_from, versions) = db::history(pool, &doc, VERSION_GAP_SECS, 100).await?;
     let versions: Vec<_> = versions
         .into_iter()
         .map(|v| {
@@ -157,7 +204,10 @@ async fn get_history(
         "history_from": history_from,
         "versions": versions,
     });
-    Ok(with_etag(Json(body).into_response(), head))
+    Ok(from_replica(
+        with_etag(Json(body).into_response(), head),
+        replica,
+    ))
 }
 
 fn authorize(
@@ -199,7 +249,7 @@ async fn not_modified(st: &AppState, headers: &HeaderMap, doc: &str) -> Result<O
     if headers.get(header::IF_NONE_MATCH).is_none() {
         return Ok(None);
     }
-    let head = db::head_seq(&st.pool, doc).await?;
+    let head = db::head_seq(st.read_pool_for(doc).0, doc).await?;
     Ok(matches_etag(headers, &etag(head))
         .then(|| with_etag(StatusCode::NOT_MODIFIED.into_response(), head)))
 }
@@ -216,11 +266,27 @@ async fn get_doc(
         return Ok(resp);
     }
     let access = principal.access(&doc);
-    let (head, text, json) = db::summary(&st.pool, &doc).await?;
+    let (pool, replica) = st.read_pool_for(&doc);
+    let (head, text, json) = db::summary(pool, &doc).await?;
     let json: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| Error::Internal(e.to_string()))?;
     let body = json!({"name": doc, "head_seq": head, "text": text, "json": json, "access": access});
-    Ok(with_etag(Json(body).into_response(), head))
+    Ok(from_replica(
+        with_etag(Json(body).into_response(), head),
+        replica,
+    ))
+}
+
+/// Marks a response read from the replica (`x-collab-read-from: replica`): it may be behind
+/// the primary by the replica's replay lag (docs/operations.md).
+fn from_replica(mut resp: Response, replica: bool) -> Response {
+    if replica {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("x-collab-read-from"),
+            HeaderValue::from_static("replica"),
+        );
+    }
+    resp
 }
 
 fn binary(bytes: Vec<u8>) -> Response {
@@ -243,15 +309,16 @@ async fn get_state(
     headers: HeaderMap,
 ) -> Result<Response> {
     authorize(&st, &headers, &q.token, &doc, Access::Read)?;
+    let (pool, replica) = st.read_pool_for(&doc);
     if let Some(at) = q.at {
-        let head = db::head_seq(&st.pool, &doc).await?;
+        let head = db::head_seq(pool, &doc).await?;
         if !(0..=head).contains(&at) {
             return Err(Error::BadRequest(format!(
                 "at must be between 0 and the head sequence {head}, got {at}"
             )));
         }
-        let state = db::state_at(&st.pool, &doc, at).await?;
-        let mut resp = binary(state);
+        let state = db::state_at(pool, &doc, at).await?;
+        let mut resp = from_replica(binary(state), replica);
         resp.headers_mut().insert(
             header::HeaderName::from_static("x-collab-seq"),
             HeaderValue::from(at),
@@ -261,8 +328,8 @@ async fn get_state(
     if let Some(resp) = not_modified(&st, &headers, &doc).await? {
         return Ok(resp);
     }
-    let (head, state) = db::state(&st.pool, &doc).await?;
-    Ok(with_etag(binary(state), head))
+    let (head, state) = db::state(pool, &doc).await?;
+    Ok(from_replica(with_etag(binary(state), head), replica))
 }
 
 /// `POST /api/docs/{doc}/updates`: body is one Yjs v1 update; needs write access.
@@ -281,12 +348,12 @@ async fn post_update(
         ));
     }
     if !protocol::check_update(&body)? {
-        let head = db::head_seq(&st.pool, &doc).await?;
+        let head = db::head_seq(st.pool_for(&doc), &doc).await?;
         return Ok(Json(json!({"name": doc, "seq": null, "head_seq": head})).into_response());
     }
     let origin = format!("{}/http", st.bridge_id);
     let seq = st
-        .batcher
+        .batcher_for(&doc)
         .submit_as(
             &doc,
             body.to_vec(),
@@ -319,14 +386,15 @@ async fn post_restore(
 ) -> Result<Response> {
     st.auth.check_origin(&headers)?;
     let principal = authorize(&st, &headers, &q.token, &doc, Access::Write)?;
-    let head = db::head_seq(&st.pool, &doc).await?;
+    let pool = st.pool_for(&doc);
+    let head = db::head_seq(pool, &doc).await?;
     if !(0..=head).contains(&q.seq) {
         return Err(Error::BadRequest(format!(
             "seq must be between 0 and the head sequence {head}, got {}",
             q.seq
         )));
     }
-    let head = db::restore(&st.pool, &doc, q.seq, &principal.subject).await?;
+    let head = db::restore(pool, &doc, q.seq, &principal.subject).await?;
     Ok(with_etag(
         Json(json!({"name": doc, "restored": q.seq, "head_seq": head})).into_response(),
         head,
@@ -355,7 +423,7 @@ async fn get_authors(
             "field must be 1 to 255 characters".into(),
         ));
     }
-    let spans: Vec<_> = db::text_authors(&st.pool, &doc, field)
+    let spans: Vec<_> = db::text_authors(st.read_pool_for(&doc).0, &doc, field)
         .await?
         .into_iter()
         .map(|s| json!({"position": s.position, "length": s.length, "author": s.author, "text": s.text}))
@@ -432,7 +500,7 @@ async fn search(
     }
     // The database applies the bridge role's rights; the token's are applied here, so ask for
     // more than the page (a token that reads few of many matches may get fewer than `limit`).
-    let hits: Vec<_> = db::search(&st.pool, &q.q, lang, limit * 5)
+    let hits: Vec<_> = search_all_shards(&st, &q.q, lang, limit * 5)
         .await?
         .into_iter()
         .filter_map(|h| {
@@ -448,6 +516,19 @@ async fn search(
         .take(limit as usize)
         .collect();
     Ok(Json(json!({"q": q.q, "results": hits})).into_response())
+}
+
+/// Matches from every shard, best first.
+async fn search_all_shards(
+    st: &AppState,
+    q: &str,
+    lang: &str,
+    limit: i32,
+) -> Result<Vec<db::Hit>> {
+    let mut hits = gather_shards(st, "search", |pool| db::search(pool, q, lang, limit)).await?;
+    hits.sort_by(|a, b| b.rank.total_cmp(&a.rank));
+    hits.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(hits)
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pgconn;
 pub mod protocol;
+pub mod shards;
 pub mod upgrade;
 pub mod ws;
 
@@ -40,17 +41,28 @@ use crate::config::Config;
 use crate::fanout::Hub;
 use crate::limits::{KeyedLimiter, Refusals, SubjectCounts};
 use crate::metrics::{LagTracker, Metrics};
+use crate::shards::{Shard, Shards};
 
 /// Everything the handlers and tasks share.
 pub struct Shared {
     pub cfg: Config,
     pub bridge_id: String,
+    /// The first shard's pool (the only one unless `--shard-url`): for what concerns no
+    /// document. A document's calls go to `pool_for(doc)`.
     pub pool: Pool,
+    /// Where each document lives (one database, or N shards).
+    pub shards: Arc<Shards>,
     pub hub: Arc<Hub>,
+    /// The first shard's write lanes; a document's writes go to `batcher_for(doc)`.
     pub batcher: Batcher,
+    /// One set of write lanes per shard, in shard order.
+    batchers: Vec<Batcher>,
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
+    /// Whether every shard's LISTEN connection is up.
     pub listener_alive: Arc<AtomicBool>,
+    /// Per shard: whether its LISTEN connection is up.
+    shard_listening: Vec<Arc<AtomicBool>>,
     /// Cancelled at shutdown.
     pub cancel: CancellationToken,
     /// Every connection, room, writer and the listener; waited for at shutdown.
@@ -65,7 +77,6 @@ pub struct Shared {
     pub expensive_slots: Arc<Semaphore>,
     /// Bytes of client updates waiting to be stored, across the bridge.
     pub write_budget: Arc<Semaphore>,
-    listener_pg: pgconn::PgTarget,
     lag: Arc<LagTracker>,
     next_conn_id: AtomicU64,
 }
@@ -109,37 +120,81 @@ impl AppState {
         }
         let ca_file = cfg.database_ca_file.as_deref();
         let password = database_password(&cfg)?;
-        let target = |name: String| -> Result<pgconn::PgTarget, String> {
-            let mut t = pgconn::pg_config(&cfg.database_url, ca_file, &name)?;
+        let target = |url: &str, name: String| -> Result<pgconn::PgTarget, String> {
+            let mut t = pgconn::pg_config(url, ca_file, &name)?;
             session_settings(&mut t.config, &cfg, password.as_deref());
             Ok(t)
         };
-        let pool = pgconn::pool(target(format!("collab-bridge {bridge_id}"))?, cfg.pool_size)?;
-        let listener_pg = target(format!("collab-bridge-listener {bridge_id}"))?;
+        let urls: Vec<&str> = if cfg.shard_urls.is_empty() {
+            vec![cfg.database_url.as_str()]
+        } else {
+            cfg.shard_urls.iter().map(String::as_str).collect()
+        };
+        if cfg.replica_url.is_some() && urls.len() > 1 {
+            return Err("--replica-url is for an unsharded bridge (not with --shard-url)".into());
+        }
+        let mut shard_list = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            // Shard 0 keeps the names bridges always had, so dashboards need not change.
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!(" shard{i}")
+            };
+            let pool = pgconn::pool(
+                target(url, format!("collab-bridge {bridge_id}{suffix}"))?,
+                cfg.pool_size,
+            )?;
+            let replica = match &cfg.replica_url {
+                Some(r) => Some(pgconn::pool(
+                    target(r, format!("collab-bridge-replica {bridge_id}"))?,
+                    cfg.pool_size,
+                )?),
+                None => None,
+            };
+            let listener = target(url, format!("collab-bridge-listener {bridge_id}{suffix}"))?;
+            shard_list.push(Shard {
+                pool,
+                replica,
+                listener,
+            });
+        }
+        let shards = Arc::new(Shards::new(shard_list)?);
+        let pool = shards.all()[0].pool.clone();
         let metrics = Arc::new(Metrics::default());
         let lag = Arc::new(LagTracker::default());
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let hub = Arc::new(Hub::new(
-            pool.clone(),
+            shards.clone(),
             metrics.clone(),
             tracker.clone(),
             cancel.clone(),
             &bridge_id,
             Duration::from_millis(cfg.awareness_interval_ms.max(1)),
         ));
-        let batcher = Batcher::new(
-            pool.clone(),
-            batch::LaneConfig {
-                lanes: cfg.write_lanes,
-                cache_documents: cfg.write_cache_documents,
-                lock_timeout: Duration::from_millis(cfg.write_lock_timeout_ms.max(1)),
-            },
-            metrics.clone(),
-            lag.clone(),
-            &bridge_id,
-            tracker.clone(),
-        );
+        let batchers: Vec<Batcher> = shards
+            .all()
+            .iter()
+            .map(|shard| {
+                Batcher::new(
+                    shard.pool.clone(),
+                    batch::LaneConfig {
+                        lanes: cfg.write_lanes,
+                        cache_documents: cfg.write_cache_documents,
+                        lock_timeout: Duration::from_millis(cfg.write_lock_timeout_ms.max(1)),
+                    },
+                    metrics.clone(),
+                    lag.clone(),
+                    &bridge_id,
+                    tracker.clone(),
+                )
+            })
+            .collect();
+        let batcher = batchers[0].clone();
+        let shard_listening = (0..shards.len())
+            .map(|_| Arc::new(AtomicBool::new(false)))
+            .collect();
         // Diffs may use the pool but for the lanes and one connection for everything else.
         let diff_slots = cfg.pool_size.saturating_sub(cfg.write_lanes + 1).max(1);
         let write_budget = cfg.write_budget_bytes.clamp(1, Semaphore::MAX_PERMITS);
@@ -148,11 +203,14 @@ impl AppState {
             cfg,
             bridge_id,
             pool,
+            shards,
             hub,
             batcher,
+            batchers,
             auth,
             metrics,
             listener_alive: Arc::new(AtomicBool::new(false)),
+            shard_listening,
             cancel,
             tracker,
             connect_rate,
@@ -160,7 +218,6 @@ impl AppState {
             refusals: Refusals::default(),
             expensive_slots: Arc::new(Semaphore::new(diff_slots)),
             write_budget: Arc::new(Semaphore::new(write_budget)),
-            listener_pg,
             lag,
             next_conn_id: AtomicU64::new(1),
         })))
@@ -182,18 +239,52 @@ impl AppState {
         Some(ConnSlot(self.clone()))
     }
 
-    /// Starts the LISTEN connection (on the task tracker).
+    /// The pool of the database that owns `doc` (its shard).
+    pub fn pool_for(&self, doc: &str) -> &Pool {
+        self.shards.pool_for(doc)
+    }
+
+    /// Where HTTP reads of `doc` go (a replica if configured), and whether it is a replica.
+    pub fn read_pool_for(&self, doc: &str) -> (&Pool, bool) {
+        self.shards.read_pool_for(doc)
+    }
+
+    /// The write lanes of the shard that owns `doc`.
+    pub fn batcher_for(&self, doc: &str) -> &Batcher {
+        &self.batchers[self.shards.index_of(doc)]
+    }
+
+    /// Starts one LISTEN connection per shard (on the task tracker). Every shard announces its
+    /// own documents' commits; all of them route into the one hub.
     pub fn spawn_listener(&self) {
-        let listener = listener::Listener {
-            pg: self.listener_pg.clone(),
-            hub: self.hub.clone(),
-            metrics: self.metrics.clone(),
-            lag: self.lag.clone(),
-            own_prefix: format!("{}/", self.bridge_id),
-            alive: self.listener_alive.clone(),
-            cancel: self.cancel.clone(),
-        };
-        self.tracker.spawn(listener.run());
+        for (i, shard) in self.shards.all().iter().enumerate() {
+            let alive = self.shard_listening[i].clone();
+            let listener = listener::Listener {
+                pg: shard.listener.clone(),
+                hub: self.hub.clone(),
+                metrics: self.metrics.clone(),
+                lag: self.lag.clone(),
+                own_prefix: format!("{}/", self.bridge_id),
+                alive: alive.clone(),
+                cancel: self.cancel.clone(),
+            };
+            self.tracker.spawn(listener.run());
+        }
+        // `listener_alive` (healthz) is true while every shard listens.
+        let (all, each, cancel) = (
+            self.listener_alive.clone(),
+            self.shard_listening.clone(),
+            self.cancel.clone(),
+        );
+        self.tracker.spawn(async move {
+            loop {
+                all.store(each.iter().all(|a| a.load(Relaxed)), Relaxed);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
     }
 }
 
@@ -392,7 +483,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let state = AppState::new(cfg)?;
     // A setup that cannot work (untrusted certificate, no TLS on the server, a refused login)
     // stops here.
-    state.listener_pg.check_at_startup().await?;
+    for shard in state.shards.all() {
+        shard.listener.check_at_startup().await?;
+    }
     if state.auth.is_dev() {
         tracing::warn!("development mode: fixed token secret, POST /api/dev/login enabled");
     }

@@ -26,6 +26,11 @@ const MAX_AGE_MS: i64 = 30_000;
 /// At most one key refetch per this interval, however many unknown key ids arrive (anyone can
 /// send those).
 const REFETCH_EVERY: Duration = Duration::from_millis(100);
+/// The longest pause between reconnection attempts. Short, because after a failover the
+/// listener is what delivers edits between bridges again (and has every room catch up): with
+/// 10 s the new primary waited up to 10 s for it (bridge/tests/failover.rs). One connection
+/// attempt every 2 s per bridge costs a recovering server nothing.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// What a session knows to open notifications.
 struct Trust {
@@ -89,7 +94,7 @@ pub struct Listener {
 
 impl Listener {
     pub async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_MAX);
         let mut connected_before = false;
         loop {
             let result = self.session(&mut backoff, &mut connected_before).await;

@@ -619,6 +619,36 @@ mod tests {
 
     #[test]
     #[allow(clippy::unwrap_used)]
+    fn multi_host_strings_keep_every_host_and_the_session_attribute() {
+        // A failover pair (docs/operations.md): connections go to whichever host accepts writes.
+        use tokio_postgres::config::{Host, TargetSessionAttrs};
+        for url in [
+            "postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write&sslmode=disable",
+            "host=h1,h2 port=5432,5433 user=u dbname=db target_session_attrs=read-write sslmode=disable",
+        ] {
+            let t = pg_config(url, None, "app").unwrap();
+            let hosts: Vec<String> = t
+                .config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    Host::Tcp(h) => h.clone(),
+                    #[cfg(unix)]
+                    Host::Unix(p) => p.display().to_string(),
+                })
+                .collect();
+            assert_eq!(hosts, ["h1", "h2"], "{url}");
+            assert_eq!(t.config.get_ports(), [5432, 5433], "{url}");
+            assert_eq!(
+                t.config.get_target_session_attrs(),
+                TargetSessionAttrs::ReadWrite,
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
     fn the_target_carries_the_tls_policy() {
         let t = pg_config("postgres://db/x", None, "app").unwrap();
         assert_eq!((t.ssl_mode, t.verifies), (SslMode::Prefer, false));

@@ -262,7 +262,14 @@ async fn run(socket: WebSocket, st: AppState, doc: String, admitted: Admitted) {
         let st2 = st.clone();
         st.tracker.spawn(async move {
             let frame = protocol::awareness(gone);
-            publish_awareness(&st2.pool, &room, &origin, &frame, &st2.metrics).await;
+            publish_awareness(
+                st2.pool_for(&room.name),
+                &room,
+                &origin,
+                &frame,
+                &st2.metrics,
+            )
+            .await;
         });
     }
     let (code, reason) = match &end {
@@ -309,7 +316,7 @@ impl Conn {
         if let Err(e) = self.room.wait_ready(READY_TIMEOUT).await {
             return Some(e);
         }
-        let (pool, doc) = (self.st.pool.clone(), self.doc.clone());
+        let (pool, doc) = (self.st.pool_for(&self.doc).clone(), self.doc.clone());
         let step1 = self
             .room
             .single_flight(b"v".to_vec(), self.joined, move || {
@@ -417,7 +424,7 @@ impl Conn {
         match protocol::decode(frame)? {
             Incoming::SyncStep1(sv) => {
                 self.expensive_turn().await?;
-                let (pool, doc) = (self.st.pool.clone(), self.doc.clone());
+                let (pool, doc) = (self.st.pool_for(&self.doc).clone(), self.doc.clone());
                 let slots = self.st.expensive_slots.clone();
                 let mut key = Vec::with_capacity(sv.len() + 1);
                 key.push(b'd');
@@ -521,7 +528,7 @@ impl Conn {
         }
         let permit = self.write_budget(update.len()).await?;
         // #13: the token's subject is recorded as the update's author.
-        let done = self.st.batcher.submit_as(
+        let done = self.st.batcher_for(&self.doc).submit_as(
             &self.doc,
             update,
             self.origin.clone(),

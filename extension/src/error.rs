@@ -57,6 +57,9 @@ pub enum CollabError {
     InvalidArgument(String),
     #[error("{0}")]
     UnknownRole(String),
+    /// A write on a hot standby or in a read-only transaction (#14: read replicas).
+    #[error("cannot write document \"{0}\" in a read-only transaction: writes go to the primary")]
+    ReadOnly(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -84,6 +87,7 @@ impl CollabError {
             CollabError::DirectWrite | CollabError::Denied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,
             CollabError::Deleted(_) | CollabError::UnknownRole(_) => ERRCODE_UNDEFINED_OBJECT,
             CollabError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            CollabError::ReadOnly(_) => ERRCODE_READ_ONLY_SQL_TRANSACTION,
             CollabError::Internal(_) => ERRCODE_INTERNAL_ERROR,
         }
     }

@@ -164,6 +164,24 @@ mod tests {
     }
 
     #[pg_test]
+    fn writes_in_a_read_only_transaction_are_25006_and_reads_still_work() {
+        // What a hot standby does to every transaction (bridge/tests/replica.rs runs this on a
+        // real one): writes fail with read_only_sql_transaction, not an internal error.
+        one::<i64>("SELECT collab.insert_text('ro', 'content', 0, 'kept')");
+        assert_eq!(sqlstate("SELECT 1"), "ok"); // creates the helper while writes are allowed
+        Spi::run("SET LOCAL transaction_read_only = on").expect("set");
+        for sql in [
+            "SELECT collab.insert_text('ro', 'content', 0, 'x')",
+            "SELECT collab.set_text('ro', 'content', 'y')",
+            "SELECT collab.compact('ro')",
+        ] {
+            let code = one_with::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]);
+            assert_eq!(code, "25006", "{sql}");
+        }
+        assert_eq!(text_of("ro"), "kept");
+    }
+
+    #[pg_test]
     fn bad_input_is_a_clean_error_and_stores_nothing() {
         let good = hex(&Peer::new(1).insert(0, "ok"));
         let cases = [

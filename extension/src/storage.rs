@@ -155,7 +155,20 @@ pub fn find(name: &str) -> Result<Option<DocRow>> {
 
 /// Locks the document's row (creating the document on first write) for the rest of the
 /// transaction: writers of one document are serialised here, and only here.
+/// Refuses a write on a hot standby (or in a read-only transaction) as PostgreSQL refuses its
+/// own writes there, 25006, before anything else runs: without it the write fails deep inside
+/// with XX000 "cannot assign TransactionIds during recovery". Clients (and the bridge, which
+/// then reconnects) read 25006 as "this is not the primary" (#14, read replicas).
+pub fn writable(name: &str) -> Result<()> {
+    // SAFETY: reads a backend-local flag of the current transaction.
+    if unsafe { pg_sys::XactReadOnly } {
+        return Err(CollabError::ReadOnly(name.to_string()));
+    }
+    Ok(())
+}
+
 pub fn lock(name: &str, create: bool) -> Result<Option<DocRow>> {
+    writable(name)?;
     Spi::connect_mut(|client| {
         const LOCK: &str = select_row!(
             "SELECT ",

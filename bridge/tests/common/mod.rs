@@ -2,7 +2,9 @@
 //! y-websocket client built on yrs + tokio-tungstenite, tokens, and a tiny HTTP client.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod ha;
 mod script;
+pub mod shards;
 #[allow(unused_imports)]
 pub use script::Script;
 

@@ -134,6 +134,8 @@ fn write_unchecked(
     author: &str,
     f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch>>,
 ) -> Result<i64> {
+    // Before the guard view check, which on a standby fails first with XX000 (#14).
+    storage::writable(name)?;
     crate::guard::ensure()?;
     let mut row = storage::lock(name, true)?
         .ok_or_else(|| CollabError::Internal("document row vanished".into()))?;

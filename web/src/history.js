@@ -11,15 +11,19 @@ const time = (ms) => new Date(ms).toLocaleString(undefined, {
  * The history panel: versions of the document's log (bursts of edits) from
  * `GET /api/docs/{doc}/history`; choosing one previews, read-only, the document as it was after
  * that version (`collab.state_at` through `GET /api/docs/{doc}/state?at=SEQ`).
+ * `options.preview(el, ydoc)`, when given, renders a version into `el` (returning a function
+ * that removes it) instead of the read-only Quill of the Y.Text 'content' (the Tiptap page
+ * keeps its document in an XML fragment).
  * Returns a function that closes the panel.
  */
-export function openHistory (box, name) {
+export function openHistory (box, name, options = {}) {
   box.innerHTML = `
     <p class="muted" id="history-status">Loading…</p>
     <ol id="versions" class="versions"></ol>
     <dialog id="preview" class="preview">
       <header><strong id="preview-title"></strong><button type="button" id="preview-close">Close</button></header>
       <div id="preview-editor"></div>
+      <div id="preview-custom" class="tiptap-host" hidden></div>
     </dialog>`
   const list = box.querySelector('#versions')
   const statusEl = box.querySelector('#history-status')
@@ -28,6 +32,14 @@ export function openHistory (box, name) {
     theme: 'snow', readOnly: true, modules: { toolbar: false }
   })
   box.querySelector('#preview-close').addEventListener('click', () => dialog.close())
+
+  const custom = box.querySelector('#preview-custom')
+  let removeCustom = null
+  if (options.preview) {
+    box.querySelector('#preview-editor').hidden = true
+    box.querySelector('.ql-toolbar')?.remove()
+    custom.hidden = false
+  }
 
   let stopped = false
   async function preview (v) {
@@ -38,6 +50,11 @@ export function openHistory (box, name) {
       const state = await api.stateAt(name, v.seq_to)
       const doc = new Y.Doc()
       Y.applyUpdate(doc, state)
+      if (options.preview) {
+        if (removeCustom) removeCustom()
+        removeCustom = options.preview(custom, doc)
+        return
+      }
       quill.setContents(doc.getText('content').toDelta())
       doc.destroy()
     } catch (e) {
@@ -76,6 +93,7 @@ export function openHistory (box, name) {
   return () => {
     stopped = true
     clearInterval(refresh)
+    if (removeCustom) removeCustom()
     if (dialog.open) dialog.close()
     box.innerHTML = ''
   }

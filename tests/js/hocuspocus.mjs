@@ -16,6 +16,13 @@ const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]()
 const waitLine = async () => (await lines.next()).value
 const sleep = (ms) => new Promise(resolve => setTimeout(resolve, ms))
+// y-websocket logs a message type it does not know: count those (there must be none).
+let unknownAtY = 0
+const consoleError = console.error
+console.error = (...args) => {
+  if (String(args[0]).includes('Unable to compute message')) unknownAtY++
+  consoleError(...args)
+}
 process.on('unhandledRejection', (e) => { say({ step: 'failed', error: String(e?.stack ?? e) }); process.exit(1) })
 
 async function until (what, cond, ms = 20000) {
@@ -139,7 +146,12 @@ for (let i = 0; i < 20; i++) {
 await until('mixed convergence', () =>
   hp.text.toString() === yt.toString() && hp.text.toString().includes('h19;') &&
   hp.text.toString().includes('y19;') && saved(hp))
-say({ step: 'mixed', text: hp.text.toString() })
+// A stateless message on the document reaches no y-websocket client: once the y-websocket
+// client has the edit made after it (same NOTIFY channel, in order), it would have had it.
+hp.p.sendStateless('not for y-websocket')
+hp.text.insert(0, 'after-stateless;')
+await until('the edit after the stateless message', () => yt.toString().startsWith('after-stateless;') && saved(hp))
+say({ step: 'mixed', text: hp.text.toString(), unknownAtY })
 await waitLine()
 yw.destroy()
 

@@ -157,6 +157,7 @@ async fn run(socket: WebSocket, st: AppState, admitted: Admitted) {
     let end = s.serve(&mut stream).await;
     let shutting_down = matches!(end, Some(Error::ShuttingDown));
     for (_, open) in s.docs.drain() {
+        st.metrics.hocuspocus_documents.fetch_sub(1, Relaxed);
         open.session.leave(shutting_down);
     }
     let (code, reason) = crate::ws::close_for(&end, "hocuspocus", id);
@@ -244,6 +245,10 @@ impl Socket {
     fn end_document(&mut self, address: &str, tell: Option<Bytes>) {
         if let Some(open) = self.docs.remove(address) {
             tracing::debug!(doc = %open.session.doc, conn = open.session.handle.id, "document closed");
+            self.st.metrics.hocuspocus_documents.fetch_sub(1, Relaxed);
+            // Ends its entry in `kicks` (found closed, ignored) instead of keeping it for the
+            // socket's life.
+            open.session.handle.kick.cancel();
             open.session.leave(false);
         }
         if let Some(frame) = tell {
@@ -393,6 +398,7 @@ impl Socket {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(doc, "document refused: {e}");
+                self.st.metrics.hocuspocus_refused.fetch_add(1, Relaxed);
                 self.send(codec::permission_denied(&address, &e.close_reason()));
                 return Ok(());
             }
@@ -425,6 +431,7 @@ impl Socket {
             }
             .boxed(),
         );
+        self.st.metrics.hocuspocus_documents.fetch_add(1, Relaxed);
         self.docs.insert(
             address,
             Open {

@@ -31,6 +31,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_AWARENESS_CLIENTS: usize = 64;
 /// Awareness messages a session may send at once before `--awareness-per-sec` applies.
 const AWARENESS_BURST: u32 = 20;
+/// How often a whole-document reply checks for room in its send queue.
+const QUEUE_POLL: Duration = Duration::from_millis(5);
 /// Updates larger than this are checked on a blocking thread.
 const BLOCKING_CHECK_BYTES: usize = 64 * 1024;
 
@@ -174,6 +176,7 @@ impl DocSession {
                     .boxed()
                 });
                 let frame = reply.await?;
+                self.wait_for_queue_room(frame.len()).await?;
                 self.send(frame);
             }
             Incoming::SyncStep2(update) | Incoming::Update(update) => {
@@ -192,6 +195,27 @@ impl DocSession {
             }
         }
         Ok(None)
+    }
+
+    /// Before a whole-document reply: waits (not reading the connection meanwhile) until the
+    /// send queue has room for it, or is empty (one larger frame passes an empty queue). On a
+    /// Hocuspocus socket the documents share one queue, so several large documents opened at
+    /// once go out one after the other instead of overflowing it (which closes the socket).
+    async fn wait_for_queue_room(&self, len: usize) -> Result<()> {
+        let h = &self.handle;
+        let fits = || {
+            let q = h.queued.load(std::sync::atomic::Ordering::Acquire);
+            q == 0 || q.saturating_add(len) <= h.budget
+        };
+        while !fits() {
+            tokio::select! {
+                biased;
+                _ = self.st.cancel.cancelled() => return Err(Error::ShuttingDown),
+                _ = h.kick.cancelled() => return Err(self.kicked()),
+                _ = tokio::time::sleep(QUEUE_POLL) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Waits for this session's next expensive reply (its token bucket); ends early if the

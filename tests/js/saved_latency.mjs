@@ -57,14 +57,15 @@ async function run (writerKind) {
       }
       last = number
     })
-  } else {
-    yw.messageHandlers[8] = (_e, decoder) => {
-      const kind = decoding.readVarUint(decoder)
-      decoding.readVarUint(decoder)
-      if (kind !== 0) return
-      const l = pendingAcks.shift()
-      if (l) saved.push(now() - sent.get(l))
-    }
+  }
+  // Saved messages (type 8): timed when the y-websocket client writes; its own sync step 2 is
+  // acknowledged too (kind 1) and ignored.
+  yw.messageHandlers[8] = (_e, decoder) => {
+    const kind = decoding.readVarUint(decoder)
+    decoding.readVarUint(decoder)
+    if (kind !== 0 || writerKind !== 'ywebsocket') return
+    const l = pendingAcks.shift()
+    if (l) saved.push(now() - sent.get(l))
   }
   const reader = writerKind === 'hocuspocus' ? ydoc : hdoc
   const readerText = reader.getText('content')

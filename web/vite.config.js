@@ -13,7 +13,8 @@ export default defineConfig({
   server: {
     proxy: {
       '/api': 'http://127.0.0.1:8080',
-      '/ws': { target: 'ws://127.0.0.1:8080', ws: true }
+      '/ws': { target: 'ws://127.0.0.1:8080', ws: true },
+      '/hocuspocus': { target: 'ws://127.0.0.1:8080', ws: true }
     }
   }
 })

@@ -71,6 +71,10 @@ pub struct ConnHandle {
     pub budget: usize,
     pub kick: CancellationToken,
     pub kick_reason: Arc<Mutex<Option<Error>>>,
+    /// Hocuspocus connections (one per document on a multi-document socket): the document's
+    /// address (varString) that goes before every message. None for y-websocket connections.
+    /// Those sharing a socket share `tx`, `queued` and the budget: one socket, one queue.
+    pub prefix: Option<Bytes>,
 }
 
 impl ConnHandle {
@@ -92,6 +96,15 @@ impl ConnHandle {
         if self.kick.is_cancelled() {
             return false;
         }
+        let bytes = match &self.prefix {
+            Some(p) => {
+                let mut b = Vec::with_capacity(p.len() + bytes.len());
+                b.extend_from_slice(p);
+                b.extend_from_slice(&bytes);
+                Bytes::from(b)
+            }
+            None => bytes,
+        };
         let len = bytes.len();
         // Reserve the bytes first: the budget holds however many tasks send at once.
         let reserved = self
@@ -359,10 +372,20 @@ impl Room {
     /// the reference y-websocket server does: y-websocket clients count it as a sign of life
     /// and reconnect after 30 s without any message), and remembers the awareness states.
     /// Payloads that are not y-websocket messages (anyone may call `collab.broadcast`) are
-    /// dropped rather than handed to clients.
-    pub fn deliver_broadcast(&self, payload: &[u8], metrics: &Metrics) {
+    /// dropped rather than handed to clients. A stateless message goes only to the Hocuspocus
+    /// connections other than its sender's (y-websocket clients do not know the type).
+    pub fn deliver_broadcast(&self, payload: &[u8], origin: Option<&str>, metrics: &Metrics) {
         match protocol::decode(payload) {
             Ok(Incoming::Awareness(update)) => self.record_awareness(&update),
+            Ok(Incoming::Custom(protocol::MSG_STATELESS, _)) => {
+                let frame = Bytes::copy_from_slice(payload);
+                for c in lock(&self.conns).values() {
+                    if c.prefix.is_some() && origin != Some(c.origin.as_str()) {
+                        c.send(frame.clone(), metrics);
+                    }
+                }
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(doc = %self.name, "dropping broadcast: {e}");
@@ -581,7 +604,7 @@ pub async fn publish_awareness(
     match db::broadcast(pool, &room.name, frame, origin).await {
         Ok(()) => {}
         // Too big for a notification: at least this bridge's clients get it.
-        Err(Error::TooLarge(_)) => room.deliver_broadcast(frame, metrics),
+        Err(Error::TooLarge(_)) => room.deliver_broadcast(frame, None, metrics),
         Err(e) => tracing::debug!(doc = %room.name, "awareness not relayed: {e}"),
     }
 }
@@ -665,8 +688,8 @@ async fn handle_event(
                 _ => catch_up(room, ctx, last).await,
             }
         }
-        RoomEvent::Broadcast { payload, .. } => {
-            room.deliver_broadcast(&payload, &ctx.metrics);
+        RoomEvent::Broadcast { payload, origin } => {
+            room.deliver_broadcast(&payload, origin.as_deref(), &ctx.metrics);
             last
         }
         RoomEvent::Deleted => {
@@ -829,6 +852,7 @@ mod tests {
             budget,
             kick: CancellationToken::new(),
             kick_reason: Default::default(),
+            prefix: None,
         };
         (h, rx)
     }

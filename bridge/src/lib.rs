@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod fanout;
+pub mod hocuspocus;
 pub mod http;
 pub mod limits;
 pub mod listener;
@@ -17,6 +18,7 @@ pub mod notify;
 pub mod pgconn;
 pub mod protocol;
 pub mod shards;
+pub mod session;
 pub mod upgrade;
 pub mod ws;
 
@@ -345,6 +347,8 @@ pub fn app(state: AppState) -> Router {
     );
     let mut router = Router::new()
         .route("/ws/{*doc}", get(ws::upgrade))
+        // The Hocuspocus provider's protocol: many documents per socket, named in its messages.
+        .route("/hocuspocus", get(hocuspocus::upgrade))
         .merge(api.layer(timeout))
         .layer(DefaultBodyLimit::max(state.cfg.max_message_bytes));
     if let Some(dir) = state.cfg.static_dir.as_ref().filter(|d| d.is_dir()) {

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     pub slow_clients: AtomicU64,
     pub open_documents: AtomicU64,
+    /// Documents open on Hocuspocus sockets, and those refused there (per document).
+    pub hocuspocus_documents: AtomicU64,
+    pub hocuspocus_refused: AtomicU64,
     pub updates_in: AtomicU64,
     pub updates_rejected: AtomicU64,
     pub updates_out: AtomicU64,
@@ -81,6 +84,8 @@ impl Default for Metrics {
             connections_refused: AtomicU64::new(0),
             slow_clients: AtomicU64::new(0),
             open_documents: AtomicU64::new(0),
+            hocuspocus_documents: AtomicU64::new(0),
+            hocuspocus_refused: AtomicU64::new(0),
             updates_in: AtomicU64::new(0),
             updates_rejected: AtomicU64::new(0),
             updates_out: AtomicU64::new(0),
@@ -180,6 +185,18 @@ impl Collector for Scrape {
             "collab_bridge_open_documents",
             "Documents with at least one connection on this bridge.",
             &m.open_documents,
+        )?;
+        gauge(
+            &mut enc,
+            "collab_bridge_hocuspocus_documents",
+            "Documents open on Hocuspocus sockets (/hocuspocus), counted once per socket.",
+            &m.hocuspocus_documents,
+        )?;
+        counter(
+            &mut enc,
+            "collab_bridge_hocuspocus_refused",
+            "Documents refused on Hocuspocus sockets (PermissionDenied: rights, token, limits).",
+            &m.hocuspocus_refused,
         )?;
         counter(
             &mut enc,

@@ -1,6 +1,9 @@
 //! y-websocket message framing: decoding client frames and encoding server frames with `yrs::sync`.
 //!
 //! Message types: 0 sync (step 1, step 2, update), 1 awareness, 2 auth, 3 query awareness.
+//! Two more this bridge uses, never sent to a client that did not ask for them: 5 stateless
+//! (a Hocuspocus stateless payload relayed through `collab.broadcast`, delivered only to
+//! Hocuspocus connections) and 8 saved (to y-websocket clients that connected with `?saved=1`).
 //! Decoding never panics on hostile input (yrs's own decoders are guarded).
 
 use std::collections::HashMap;
@@ -32,8 +35,8 @@ pub enum Incoming {
     AwarenessQuery,
     /// Auth message (servers ignore those from clients).
     Auth,
-    /// A message type this bridge does not know; ignored.
-    Custom(u8),
+    /// Another message type: its tag and the buffer that follows (ignored from clients).
+    Custom(u8, Vec<u8>),
 }
 
 /// Deepest nesting of values the bridge accepts: the extension's highest `collab.max_nesting`
@@ -62,7 +65,7 @@ pub fn decode(frame: &[u8]) -> Result<Incoming> {
         Message::Awareness(a) => Incoming::Awareness(a),
         Message::AwarenessQuery => Incoming::AwarenessQuery,
         Message::Auth(_) => Incoming::Auth,
-        Message::Custom(tag, _) => Incoming::Custom(tag),
+        Message::Custom(tag, data) => Incoming::Custom(tag, data),
     })
 }
 
@@ -120,6 +123,31 @@ pub fn awareness(entries: impl IntoIterator<Item = (u64, u32, Arc<str>)>) -> Byt
 
 pub fn awareness_frame(update: AwarenessUpdate) -> Bytes {
     frame(&Message::Awareness(update))
+}
+
+/// Tag of a stateless message (the Hocuspocus number): `[5, varString(payload)]`, which is also
+/// how yrs reads any other tag (`Custom(tag, buffer)`).
+pub const MSG_STATELESS: u8 = 5;
+/// Tag of the opt-in "saved" message to y-websocket clients.
+pub const MSG_SAVED: u8 = 8;
+
+/// A stateless message (as relayed through `collab.broadcast`; a Hocuspocus frame once prefixed
+/// with the document name).
+pub fn stateless(payload: &[u8]) -> Bytes {
+    frame(&Message::Custom(MSG_STATELESS, payload.to_vec()))
+}
+
+/// What a `?saved=1` y-websocket client is told once one of its update messages is settled:
+/// `[8, varUint(kind), varUint(seq)]`. Kind 0: an update message, stored (committed) at `seq`;
+/// 1: a sync step 2, stored at `seq`; `seq` is 0 when the message changed nothing and needed no
+/// storing. Kind 2: refused (read-only); nothing stored.
+pub fn saved(kind: u8, seq: i64) -> Bytes {
+    use yrs::encoding::write::Write;
+    let mut out = Vec::with_capacity(12);
+    out.write_var(MSG_SAVED);
+    out.write_var(kind);
+    out.write_var(seq.max(0) as u64);
+    Bytes::from(out)
 }
 
 /// Auth message, permission denied with `reason`.

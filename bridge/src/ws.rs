@@ -1,22 +1,17 @@
 //! WebSocket connections speaking the y-websocket protocol: upgrade checks, then one task per
-//! connection (reader loop here, writer task fed by a queue bounded in bytes).
+//! connection (reader loop here, writer task fed by a queue bounded in bytes; the writer is
+//! shared with the Hocuspocus endpoint).
 //!
-//! On connect the bridge sends its sync step 1 (`collab.state_vector`) and everyone's awareness;
-//! a client's sync step 1 is answered with step 2 from `collab.diff`. Both reads are shared
-//! between the room's connections that ask at the same time, and the expensive ones (diffs,
-//! awareness snapshots) are rationed per connection: one at a time, a burst, then a rate.
-//! Client updates (sync step 2 and update messages) go to the group-commit batcher, within a
-//! global byte budget; read-only tokens get an auth message (permission denied) and nothing is
-//! stored. Awareness is capped in size and rate, may only touch the client ids the connection
-//! introduced, and is coalesced per room into one `collab.broadcast` so other bridges relay it
-//! too; when a connection ends, its awareness clients are removed for everyone.
+//! What a connection does with its document (sync, rationed diffs, the group commit, awareness
+//! checks) is its `session::DocSession`. Here: read-only tokens get an auth message (permission
+//! denied) for an update, and a client that connected with `?saved=1` is told when each of its
+//! update messages is committed (`protocol::saved`); others never see that message type.
 //!
 //! Refusals happen after the upgrade, as close codes a stock client understands (y-websocket
 //! turns an HTTP refusal into 1006 and retries forever): 4001 token missing, invalid, expired or
 //! revoked; 4003 no access or a foreign Origin; 1013 over a connection limit or backing off
 //! after refused updates. Other close codes: see `error.rs`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
@@ -30,7 +25,7 @@ use axum::response::Response;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -40,24 +35,18 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{now_secs, Access, Principal};
 use crate::db;
 use crate::error::{Error, Result};
-use crate::fanout::{lock, publish_awareness, ConnHandle, Frame, Joined, Room};
-use crate::limits::{client_ip, SubjectSlot, TokenBucket};
+use crate::fanout::{ConnHandle, Frame};
+use crate::limits::{client_ip, SubjectSlot};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Incoming};
+use crate::session::{DocSession, UpdateOutcome};
 use crate::upgrade::{Socket as WebSocket, Upgrade};
 use crate::{AppState, ConnSlot};
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// A client that sends nothing (not even a pong to our pings) for this long is gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(95);
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(95);
 const WRITER_GRACE: Duration = Duration::from_secs(2);
-/// Awareness client ids one connection may announce (y-websocket uses one).
-const MAX_AWARENESS_CLIENTS: usize = 64;
-/// Awareness messages a connection may send at once before `--awareness-per-sec` applies.
-const AWARENESS_BURST: u32 = 20;
-/// Updates larger than this are checked on a blocking thread.
-const BLOCKING_CHECK_BYTES: usize = 64 * 1024;
 /// tungstenite reads in chunks of this size; its default (128 KiB, allocated per connection
 /// for as long as it is open) was most of an idle connection's memory.
 const READ_BUFFER: usize = 4 * 1024;
@@ -70,10 +59,12 @@ const FRAGMENT: usize = 32 * 1024;
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
     pub token: Option<String>,
+    /// `?saved=1`: the client wants the saved message (see `protocol::saved`).
+    pub saved: Option<String>,
 }
 
 /// Why a connection is turned away after the upgrade.
-fn busy(why: &str) -> Error {
+pub(crate) fn busy(why: &str) -> Error {
     Error::Busy(why.to_string())
 }
 
@@ -89,17 +80,12 @@ pub async fn upgrade(
 ) -> Result<Response> {
     db::validate_doc_name(&doc)?;
     let admitted = admit(&st, &doc, peer, &headers, q.token.as_deref());
-    let limit = st.cfg.max_message_bytes;
+    let saved = q.saved.as_deref().is_some_and(|v| v == "1" || v == "true");
     let tracker = st.tracker.clone();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER);
-    Ok(ws.on_upgrade(config, move |socket| {
+    Ok(ws.on_upgrade(socket_config(&st), move |socket| {
         tracker.track_future(async move {
             match admitted {
-                Ok(a) => run(socket, st, doc, a).await,
+                Ok(a) => run(socket, st, doc, a, saved).await,
                 Err(e) => {
                     if let Error::Busy(_) = e {
                         st.metrics.connections_refused.fetch_add(1, Relaxed);
@@ -109,6 +95,16 @@ pub async fn upgrade(
             }
         })
     }))
+}
+
+/// Limits and buffers of every WebSocket this bridge accepts.
+pub(crate) fn socket_config(st: &AppState) -> WebSocketConfig {
+    let limit = st.cfg.max_message_bytes;
+    WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
 }
 
 fn close_frame(code: u16, reason: String) -> CloseFrame {
@@ -166,138 +162,131 @@ fn admit(
     })
 }
 
-async fn refuse(mut socket: WebSocket, e: Error) {
+pub(crate) async fn refuse(mut socket: WebSocket, e: Error) {
     let frame = close_frame(e.close_code(), e.close_reason());
     let _ = socket.send(Message::Close(Some(frame))).await;
     // Give the client a moment to answer the close before the socket is dropped.
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.next()).await;
 }
 
-/// An update on its way to the database (Sync: the connection is borrowed across awaits).
-type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64>> + Send + Sync>>;
-
+/// The y-websocket connection: one document session, plus what is this protocol's own (the
+/// permission-denied auth message for a read-only write, the opt-in saved message).
 struct Conn {
     st: AppState,
-    doc: String,
-    origin: String,
-    subject: Arc<str>,
-    access: Access,
-    room: Arc<Room>,
-    handle: ConnHandle,
-    /// When this connection joined its room: which shared reads it may use.
-    joined: Joined,
-    pending: FuturesUnordered<Pending>,
-    /// Awareness clients announced here: client id → (last clock, whether it has a state).
-    aw_clients: HashMap<u64, (u32, bool)>,
-    aw_rate: TokenBucket,
-    expensive: TokenBucket,
+    session: DocSession,
+    /// `?saved=1`: tell the client when each of its update messages is stored.
+    saved: bool,
+    pending: FuturesUnordered<Tagged>,
 }
 
-async fn run(socket: WebSocket, st: AppState, doc: String, admitted: Admitted) {
-    let Admitted {
-        principal,
-        access,
-        _slot,
-        _subject_slot,
-    } = admitted;
-    let id = st.next_conn_id();
-    let origin = format!("{}/{}", st.bridge_id, id);
-    let subject: Arc<str> = Arc::from(principal.subject.as_str());
-    let (sink, mut stream) = socket.split();
+/// A pending update and the kind of saved message it earns (see `protocol::saved`).
+type Tagged = std::pin::Pin<Box<dyn std::future::Future<Output = (u8, Result<i64>)> + Send + Sync>>;
+
+/// Starts the writer task of a socket: its queue, its byte counter and the channel that closes
+/// it with a code and reason.
+pub(crate) struct Writer {
+    pub tx: mpsc::Sender<Frame>,
+    pub queued: Arc<AtomicUsize>,
+    pub close: oneshot::Sender<(u16, String)>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) fn spawn_writer(st: &AppState, sink: SplitSink<WebSocket, Message>) -> Writer {
     let (tx, rx) = mpsc::channel(st.cfg.send_queue.max(1));
-    let (close_tx, close_rx) = oneshot::channel();
+    let (close, close_rx) = oneshot::channel();
     let queued = Arc::new(AtomicUsize::new(0));
-    let mut writer = tokio::spawn(write_loop(
+    let task = tokio::spawn(write_loop(
         sink,
         rx,
         close_rx,
         queued.clone(),
         st.metrics.clone(),
     ));
-    let handle = ConnHandle {
-        id,
-        origin: origin.clone(),
-        subject: subject.clone(),
+    Writer {
         tx,
         queued,
-        budget: st.cfg.send_queue_bytes.max(1),
-        kick: CancellationToken::new(),
-        kick_reason: Default::default(),
-    };
-    let (room, joined) = st.hub.join(&doc, handle.clone());
+        close,
+        task,
+    }
+}
+
+impl Writer {
+    /// Sends the close frame after what is queued, and waits (bounded) for the writer.
+    pub async fn finish(mut self, code: u16, reason: String) {
+        let _ = self.close.send((code, reason));
+        if tokio::time::timeout(WRITER_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+
+    /// A room handle for a new session on this socket (`prefix`: Hocuspocus framing).
+    pub fn handle(&self, st: &AppState, subject: Arc<str>, prefix: Option<Bytes>) -> ConnHandle {
+        let id = st.next_conn_id();
+        ConnHandle {
+            id,
+            origin: format!("{}/{}", st.bridge_id, id),
+            subject,
+            tx: self.tx.clone(),
+            queued: self.queued.clone(),
+            budget: st.cfg.send_queue_bytes.max(1),
+            kick: CancellationToken::new(),
+            kick_reason: Default::default(),
+            prefix,
+        }
+    }
+}
+
+/// Logs why a connection ends and gives its close code and reason.
+pub(crate) fn close_for(end: &Option<Error>, what: &str, conn: u64) -> (u16, String) {
+    match end {
+        None => tracing::debug!(what, conn, "disconnected"),
+        Some(e) if e.status().is_server_error() && !matches!(e, Error::ShuttingDown) => {
+            tracing::warn!(what, conn, code = e.close_code(), "closing: {e}")
+        }
+        Some(e) => tracing::info!(what, conn, code = e.close_code(), "closing: {e}"),
+    }
+    match end {
+        None => (1000, String::new()),
+        Some(e) => (e.close_code(), e.close_reason()),
+    }
+}
+
+async fn run(socket: WebSocket, st: AppState, doc: String, admitted: Admitted, saved: bool) {
+    let Admitted {
+        principal,
+        access,
+        _slot,
+        _subject_slot,
+    } = admitted;
+    let subject: Arc<str> = Arc::from(principal.subject.as_str());
+    let (sink, mut stream) = socket.split();
+    let writer = spawn_writer(&st, sink);
+    let handle = writer.handle(&st, subject.clone(), None);
+    let id = handle.id;
     tracing::debug!(doc, conn = id, subject = %principal.subject, ?access, "connected");
+    let session = DocSession::join(&st, doc.clone(), subject, access, handle);
     let mut conn = Conn {
         st: st.clone(),
-        doc,
-        origin,
-        subject: subject.clone(),
-        access,
-        room,
-        handle,
-        joined,
+        session,
+        saved,
         pending: FuturesUnordered::new(),
-        aw_clients: HashMap::new(),
-        aw_rate: TokenBucket::new(AWARENESS_BURST, st.cfg.awareness_per_sec),
-        expensive: TokenBucket::new(st.cfg.expensive_burst, st.cfg.expensive_per_sec),
     };
     let expires_at = principal.expires_at.saturating_add(st.auth.leeway_secs());
     let end = conn.serve(&mut stream, expires_at).await;
-    let Conn {
-        doc,
-        origin,
-        room,
-        handle,
-        aw_clients,
-        ..
-    } = conn;
-    st.hub.leave(&room, id);
-    let ids: Vec<u64> = aw_clients.keys().copied().collect();
-    room.release_awareness(id, &ids);
-    let gone: Vec<_> = aw_clients
-        .into_iter()
-        .filter(|(_, (_, alive))| *alive)
-        .map(|(client, (clock, _))| (client, clock.wrapping_add(1), Arc::<str>::from("null")))
-        .collect();
-    if !gone.is_empty() && !matches!(end, Some(Error::ShuttingDown)) {
-        let st2 = st.clone();
-        st.tracker.spawn(async move {
-            let frame = protocol::awareness(gone);
-            publish_awareness(
-                st2.pool_for(&room.name),
-                &room,
-                &origin,
-                &frame,
-                &st2.metrics,
-            )
-            .await;
-        });
-    }
-    let (code, reason) = match &end {
-        None => (1000, String::new()),
-        Some(e) => (e.close_code(), e.close_reason()),
-    };
-    match &end {
-        None => tracing::debug!(doc, conn = id, "disconnected"),
-        Some(e) if e.status().is_server_error() && !matches!(e, Error::ShuttingDown) => {
-            tracing::warn!(doc, conn = id, code, "closing: {e}")
-        }
-        Some(e) => tracing::info!(doc, conn = id, code, "closing: {e}"),
-    }
-    let _ = close_tx.send((code, reason));
-    drop(handle);
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
+    let Conn { session, .. } = conn;
+    session.leave(matches!(end, Some(Error::ShuttingDown)));
+    let (code, reason) = close_for(&end, &doc, id);
+    writer.finish(code, reason).await;
 }
 
-fn secs_until(unix: u64) -> Duration {
+pub(crate) fn secs_until(unix: u64) -> Duration {
     Duration::from_secs(unix.saturating_sub(now_secs()).min(366 * 24 * 3600))
 }
 
-fn read_error(e: tokio_tungstenite::tungstenite::Error) -> Option<Error> {
+pub(crate) fn read_error(e: tokio_tungstenite::tungstenite::Error) -> Option<Error> {
     use tokio_tungstenite::tungstenite::Error as WsError;
     match e {
         WsError::Capacity(e) => Some(Error::TooLarge(e.to_string())),
@@ -313,31 +302,14 @@ impl Conn {
         stream: &mut SplitStream<WebSocket>,
         expires_at: u64,
     ) -> Option<Error> {
-        if let Err(e) = self.room.wait_ready(READY_TIMEOUT).await {
+        if let Err(e) = self.session.open().await {
             return Some(e);
-        }
-        let (pool, doc) = (self.st.pool_for(&self.doc).clone(), self.doc.clone());
-        let step1 = self
-            .room
-            .single_flight(b"v".to_vec(), self.joined, move || {
-                async move { protocol::sync_step1(&db::state_vector(&pool, &doc).await?) }.boxed()
-            });
-        match step1.await {
-            Ok(frame) => {
-                if !self.send(frame) {
-                    return Some(self.kicked());
-                }
-            }
-            Err(e) => return Some(e),
-        }
-        if let Some(frame) = self.room.awareness_snapshot() {
-            self.send(frame);
         }
         let expiry = tokio::time::sleep(secs_until(expires_at));
         tokio::pin!(expiry);
         let idle = tokio::time::sleep(IDLE_TIMEOUT);
         tokio::pin!(idle);
-        let kick = self.handle.kick.clone();
+        let kick = self.session.handle.kick.clone();
         let cancel = self.st.cancel.clone();
         let max_pending = self.st.cfg.max_pending_updates.max(1);
         loop {
@@ -347,17 +319,24 @@ impl Conn {
                     self.flush().await;
                     return Some(Error::ShuttingDown);
                 }
-                _ = kick.cancelled() => return Some(self.kicked()),
+                _ = kick.cancelled() => return Some(self.session.kicked()),
                 _ = &mut expiry => return Some(Error::TokenExpired),
                 _ = &mut idle => return Some(Error::Idle(IDLE_TIMEOUT.as_secs())),
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
-                    if let Err(e) = done {
-                        // The database refused this subject's data: its next connections wait,
-                        // longer each time, instead of resending it in a tight loop.
-                        if e.is_client_data() {
-                            self.st.refusals.refused(&self.subject);
+                Some((kind, done)) = self.pending.next(), if !self.pending.is_empty() => {
+                    match done {
+                        Ok(seq) => {
+                            if self.saved {
+                                self.session.send(protocol::saved(kind, seq));
+                            }
                         }
-                        return Some(e);
+                        Err(e) => {
+                            // The database refused this subject's data: its next connections
+                            // wait, longer each time, instead of resending it in a tight loop.
+                            if e.is_client_data() {
+                                self.st.refusals.refused(&self.session.subject);
+                            }
+                            return Some(e);
+                        }
                     }
                 }
                 msg = stream.next(), if self.pending.len() < max_pending => {
@@ -382,12 +361,6 @@ impl Conn {
         }
     }
 
-    fn kicked(&self) -> Error {
-        lock(&self.handle.kick_reason)
-            .take()
-            .unwrap_or(Error::TooSlow)
-    }
-
     /// Waits (bounded) for this connection's updates to be stored.
     async fn flush(&mut self) {
         let grace = self.st.cfg.shutdown_grace();
@@ -397,172 +370,32 @@ impl Conn {
         .await;
     }
 
-    fn send(&self, frame: Bytes) -> bool {
-        self.handle.send(frame, &self.st.metrics)
-    }
-
-    /// Waits for this connection's next expensive reply (its token bucket); ends early if the
-    /// connection is kicked or the bridge stops. One at a time: the reader waits for the reply.
-    async fn expensive_turn(&mut self) -> Result<()> {
-        let wait = self.expensive.wait_time();
-        if !wait.is_zero() {
-            self.st.metrics.expensive_delayed.fetch_add(1, Relaxed);
-            let kick = self.handle.kick.clone();
-            let cancel = self.st.cancel.clone();
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(Error::ShuttingDown),
-                _ = kick.cancelled() => return Err(self.kicked()),
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-        self.expensive.try_take();
-        Ok(())
-    }
-
     async fn handle_frame(&mut self, frame: &[u8]) -> Result<()> {
-        match protocol::decode(frame)? {
-            Incoming::SyncStep1(sv) => {
-                self.expensive_turn().await?;
-                let (pool, doc) = (self.st.pool_for(&self.doc).clone(), self.doc.clone());
-                let slots = self.st.expensive_slots.clone();
-                let mut key = Vec::with_capacity(sv.len() + 1);
-                key.push(b'd');
-                key.extend_from_slice(&sv);
-                // Joiners holding the same state (typically none) share one diff and one frame.
-                let reply = self.room.single_flight(key, self.joined, move || {
-                    async move {
-                        // A place among the bridge's concurrent diffs, so that a storm of them
-                        // leaves pool connections for everything else.
-                        let _slot = slots
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| Error::ShuttingDown)?;
-                        let diff = db::diff(&pool, &doc, &sv).await?;
-                        Ok(protocol::sync_step2(diff))
-                    }
-                    .boxed()
-                });
-                let frame = reply.await?;
-                self.send(frame);
+        let msg = protocol::decode(frame)?;
+        // Saved messages say which kind of message they settle: a client counts its sync
+        // step 2 (sent on every connect) apart from its edits.
+        let kind = u8::from(matches!(msg, Incoming::SyncStep2(_)));
+        match self.session.handle(msg).await? {
+            None => {}
+            Some(UpdateOutcome::Unchanged) if self.saved => {
+                self.session.send(protocol::saved(kind, 0));
             }
-            Incoming::SyncStep2(update) | Incoming::Update(update) => {
-                self.handle_update(update).await?
-            }
-            Incoming::Awareness(update) => self.handle_awareness(update)?,
-            Incoming::AwarenessQuery => {
-                self.expensive_turn().await?;
-                if let Some(frame) = self.room.awareness_snapshot() {
-                    self.send(frame);
+            Some(UpdateOutcome::Unchanged) => {}
+            Some(UpdateOutcome::ReadOnly) => {
+                let reason = format!(
+                    "read-only access to \"{}\": update not stored",
+                    self.session.doc
+                );
+                self.session.send(protocol::permission_denied(&reason));
+                if self.saved {
+                    self.session.send(protocol::saved(2, 0));
                 }
             }
-            Incoming::Auth => {}
-            Incoming::Custom(tag) => {
-                tracing::debug!(doc = %self.doc, tag, "ignoring message of unknown type")
+            Some(UpdateOutcome::Queued(p)) => {
+                self.pending.push(Box::pin(p.map(move |r| (kind, r))));
             }
         }
         Ok(())
-    }
-
-    /// Checks an awareness message (size, rate, whose client ids) and queues what passes for
-    /// the room's next broadcast.
-    fn handle_awareness(&mut self, update: yrs::sync::awareness::AwarenessUpdate) -> Result<()> {
-        let m = &self.st.metrics;
-        m.awareness_in.fetch_add(1, Relaxed);
-        let max = self.st.cfg.max_awareness_bytes;
-        let entries = protocol::awareness_entries(&update);
-        if let Some((_, _, json)) = entries.iter().find(|(_, _, json)| json.len() > max) {
-            return Err(Error::TooLarge(format!(
-                "awareness state of {} bytes (at most {max})",
-                json.len()
-            )));
-        }
-        if !self.aw_rate.try_take() {
-            m.awareness_dropped.fetch_add(1, Relaxed);
-            return Ok(());
-        }
-        let mut accepted = Vec::with_capacity(entries.len());
-        for (client, clock, json) in entries {
-            let removal = &*json == "null";
-            let known = self.aw_clients.contains_key(&client);
-            // Removing is only for ids this connection introduced; setting claims the id
-            // unless another user's live connection holds it.
-            if (removal && !known)
-                || !self
-                    .room
-                    .claim_awareness(client, self.handle.id, &self.subject)
-            {
-                m.awareness_dropped.fetch_add(1, Relaxed);
-                continue;
-            }
-            self.aw_clients.insert(client, (clock, !removal));
-            accepted.push((client, clock, json));
-        }
-        if self.aw_clients.len() > MAX_AWARENESS_CLIENTS {
-            return Err(Error::Malformed(format!(
-                "more than {MAX_AWARENESS_CLIENTS} awareness clients on one connection"
-            )));
-        }
-        if !accepted.is_empty() {
-            self.room.queue_awareness(accepted);
-        }
-        Ok(())
-    }
-
-    async fn handle_update(&mut self, update: Vec<u8>) -> Result<()> {
-        let (changes, update) = if update.len() > BLOCKING_CHECK_BYTES {
-            tokio::task::spawn_blocking(move || (protocol::check_update(&update), update))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-        } else {
-            (protocol::check_update(&update), update)
-        };
-        if !changes? {
-            return Ok(());
-        }
-        if self.access < Access::Write {
-            self.st.metrics.updates_rejected.fetch_add(1, Relaxed);
-            let reason = format!("read-only access to \"{}\": update not stored", self.doc);
-            self.send(protocol::permission_denied(&reason));
-            return Ok(());
-        }
-        let permit = self.write_budget(update.len()).await?;
-        // #13: the token's subject is recorded as the update's author.
-        let done = self.st.batcher_for(&self.doc).submit_as(
-            &self.doc,
-            update,
-            self.origin.clone(),
-            Some(self.subject.clone()),
-        );
-        self.pending.push(Box::pin(async move {
-            let r = done
-                .await
-                .unwrap_or_else(|_| Err(Error::Internal("update lost".into())));
-            drop(permit);
-            r
-        }));
-        Ok(())
-    }
-
-    /// A share of the bridge's budget for updates waiting to be stored: while the database is
-    /// behind, connections that send more wait here (and stop being read).
-    async fn write_budget(&self, bytes: usize) -> Result<OwnedSemaphorePermit> {
-        let sem = self.st.write_budget.clone();
-        let n = bytes
-            .clamp(1, self.st.cfg.write_budget_bytes.max(1))
-            .min(u32::MAX as usize) as u32;
-        if let Ok(p) = sem.clone().try_acquire_many_owned(n) {
-            return Ok(p);
-        }
-        self.st.metrics.write_budget_waits.fetch_add(1, Relaxed);
-        let kick = self.handle.kick.clone();
-        let cancel = self.st.cancel.clone();
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => Err(Error::ShuttingDown),
-            _ = kick.cancelled() => Err(self.kicked()),
-            p = sem.acquire_many_owned(n) => p.map_err(|_| Error::ShuttingDown),
-        }
     }
 }
 
@@ -570,7 +403,7 @@ impl Conn {
 /// call and, with TCP_NODELAY, as few packets as the sizes allow).
 const WRITE_BATCH: usize = 64;
 
-async fn write_loop(
+pub(crate) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Frame>,
     mut close_rx: oneshot::Receiver<(u16, String)>,

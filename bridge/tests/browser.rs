@@ -393,3 +393,123 @@ async fn restoring_a_version_while_another_page_types_converges_on_both() {
     );
     done(node).await;
 }
+
+/// `collab.text(doc, 'default')`: the Tiptap page's XML fragment as XML text.
+async fn tiptap_text(pg: &Pg, doc: &str) -> String {
+    pg.client()
+        .await
+        .query_one("SELECT collab.text($1, 'default')", &[&doc])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiptap_pages_share_a_document_and_its_notes_over_one_hocuspocus_socket_each() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("tiptap", &bridge, "tiptap");
+
+    let seen = node.step("tiptap").await;
+    let text = seen["text"].as_str().unwrap();
+    assert!(
+        text.contains("Hello from Ada.") && text.contains("And Grace."),
+        "{seen}"
+    );
+    assert_eq!(seen["notes"], "A note from Grace.");
+    assert_eq!(
+        seen["caret"], "Grace",
+        "Ada sees Grace's caret with her name"
+    );
+    assert_eq!(seen["people"], serde_json::json!(["Ada", "Grace"]));
+    assert_eq!(
+        seen["sockets"],
+        serde_json::json!(["/hocuspocus"]),
+        "the document and its notes share one socket"
+    );
+    assert!(seen["label"].as_str().unwrap().ends_with("Saved"), "{seen}");
+    let stored = tiptap_text(&pg, "tiptap").await;
+    assert!(
+        stored.contains("Hello from Ada.") && stored.contains("And Grace."),
+        "{stored}"
+    );
+    assert!(tiptap_text(&pg, "tiptap/notes")
+        .await
+        .contains("A note from Grace."));
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saving_is_shown_while_postgresql_is_stopped_and_saved_only_once_the_edit_is_committed() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("saving", &bridge, "saving");
+
+    node.step("ready").await;
+    pg.stop();
+    node.tell("stopped").await;
+    let down = node.step("down").await;
+    for who in ["ada", "grace"] {
+        assert_eq!(
+            down[who],
+            serde_json::json!(["saved", "saving"]),
+            "{who}: Saving…, never Saved, while the database is down: {down}"
+        );
+    }
+    assert!(down["ada_label"].as_str().unwrap().ends_with("Saving…"));
+    pg.start_again();
+    node.tell("started").await;
+    let saved = node.step("saved").await;
+    for who in ["ada", "grace"] {
+        assert_eq!(
+            saved[who],
+            serde_json::json!(["saved", "saving", "saved"]),
+            "{saved}"
+        );
+    }
+    assert!(
+        tiptap_text(&pg, "saving")
+            .await
+            .contains("Before. While down."),
+        "the Tiptap edit is committed"
+    );
+    assert_eq!(pg.text("saving-quill").await, "Before. While down.");
+    done(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_made_offline_survives_a_reload_and_is_stored_once_the_bridge_is_reachable() {
+    let _turn = TURN.lock().await;
+    let pg = Pg::start();
+    let bridge = dev_bridge(&pg, free_port()).await;
+    let mut node = browser("offline_reload", &bridge, "offline-reload");
+
+    let typed = node.step("typed").await;
+    assert!(
+        typed["label"].as_str().unwrap().starts_with("Offline"),
+        "{typed}"
+    );
+    assert!(!tiptap_text(&pg, "offline-reload")
+        .await
+        .contains("Offline edit."));
+    node.tell("reload").await;
+    let reloaded = node.step("reloaded").await;
+    assert_eq!(
+        reloaded["text"], "Online. Offline edit.",
+        "kept in the page across the reload"
+    );
+    assert!(
+        !tiptap_text(&pg, "offline-reload")
+            .await
+            .contains("Offline edit."),
+        "not uploaded while the bridge is unreachable"
+    );
+    node.tell("online").await;
+    node.step("online").await;
+    assert!(tiptap_text(&pg, "offline-reload")
+        .await
+        .contains("Online. Offline edit."));
+    done(node).await;
+}

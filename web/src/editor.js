@@ -9,6 +9,8 @@ import { api } from './api.js'
 import { Backoff } from './backoff.js'
 import { colorFor, loadSession } from './session.js'
 import { openHistory } from './history.js'
+import { PeopleList } from './people.js'
+import { trackSaved } from './saved.js'
 
 Quill.register('modules/cursors', QuillCursors)
 
@@ -48,6 +50,8 @@ export function openEditor (app, name, user) {
   const provider = new WebsocketProvider(wsBase, encodeURIComponent(name), ydoc, {
     WebSocketPolyfill: backoff.socketClass(),
     maxBackoffTime: 0,
+    // Ask the bridge to say when each edit is committed ("Saving…" / "Saved", saved.js).
+    params: { saved: '1' },
     // The database is the sync point: tabs do not talk to each other behind the bridge's back.
     disableBc: true,
     // 4003: no right to this document; 44xx: the bridge decided (e.g. document deleted).
@@ -83,6 +87,10 @@ export function openEditor (app, name, user) {
   provider.awareness.setLocalStateField('user', { name: user.name, color: colorFor(user.name) })
 
   const status = new ConnectionStatus(provider, backoff, ydoc)
+  const stopSaved = trackSaved(provider, ydoc, (s) => {
+    status.saved = s
+    status.render()
+  })
   const people = new PeopleList(app.querySelector('#people'), provider.awareness)
 
   api.access(name).then((s) => {
@@ -130,6 +138,7 @@ export function openEditor (app, name, user) {
   return () => {
     window.removeEventListener('offline', offline)
     window.removeEventListener('online', online)
+    stopSaved()
     status.destroy()
     people.destroy()
     if (closeHistory) closeHistory()
@@ -151,6 +160,7 @@ class ConnectionStatus {
     this.unsent = 0
     this.readOnly = false
     this.closedReason = null
+    this.saved = null
     this.onUpdate = (_update, origin) => {
       // Local edits made while not synced wait in the Y.Doc; the sync on reconnect sends them.
       if (origin !== provider && !(provider.wsconnected && provider.synced)) {
@@ -200,44 +210,17 @@ class ConnectionStatus {
       : ''
     this.el.dataset.state = state
     this.el.dataset.unsent = String(this.unsent)
-    this.el.textContent = label + unsent
+    // From the bridge's committed signal only (saved.js), never a local guess.
+    const saved = this.saved && !this.readOnly ? (this.saved.saved ? 'saved' : 'saving') : null
+    if (saved) this.el.dataset.saved = saved
+    else delete this.el.dataset.saved
+    this.el.textContent = label + unsent + (saved ? ` · ${saved === 'saved' ? 'Saved' : 'Saving…'}` : '')
   }
 
   destroy () {
     clearInterval(this.tick)
     this.el.textContent = ''
     this.el.dataset.state = 'idle'
-  }
-}
-
-/** Who is here: every awareness state with a user, in their colour. */
-class PeopleList {
-  constructor (el, awareness) {
-    this.el = el
-    this.awareness = awareness
-    this.onChange = () => this.render()
-    awareness.on('change', this.onChange)
-    this.render()
-  }
-
-  render () {
-    this.el.innerHTML = ''
-    const me = this.awareness.clientID
-    const entries = [...this.awareness.getStates().entries()]
-      .filter(([, s]) => s && s.user && s.user.name)
-      .sort(([a], [b]) => (a === me ? -1 : b === me ? 1 : 0))
-    for (const [id, s] of entries) {
-      const li = document.createElement('li')
-      const dot = document.createElement('span')
-      dot.className = 'dot'
-      dot.style.background = s.user.color || colorFor(s.user.name)
-      li.append(dot, document.createTextNode(s.user.name + (id === me ? ' (you)' : '')))
-      li.dataset.name = s.user.name
-      this.el.append(li)
-    }
-  }
-
-  destroy () {
-    this.awareness.off('change', this.onChange)
+    delete this.el.dataset.saved
   }
 }

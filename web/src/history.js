@@ -12,9 +12,12 @@ const time = (ms) => new Date(ms).toLocaleString(undefined, {
  * The history panel: versions of the document's log (bursts of edits) from
  * `GET /api/docs/{doc}/history`; choosing one previews, read-only, the document as it was after
  * that version (`collab.state_at` through `GET /api/docs/{doc}/state?at=SEQ`).
+ * `options.preview(el, ydoc)`, when given, renders a version into `el` (returning a function
+ * that removes it) instead of the read-only Quill of the Y.Text 'content' (the Tiptap page
+ * keeps its document in an XML fragment).
  * Returns a function that closes the panel.
  */
-export function openHistory (box, name) {
+export function openHistory (box, name, options = {}) {
   box.innerHTML = `
     <p class="muted" id="history-status">Loading…</p>
     <button type="button" id="authors-toggle">Show who wrote what</button>
@@ -24,6 +27,7 @@ export function openHistory (box, name) {
     <dialog id="preview" class="preview">
       <header><strong id="preview-title"></strong><button type="button" id="preview-close">Close</button></header>
       <div id="preview-editor"></div>
+      <div id="preview-custom" class="tiptap-host" hidden></div>
     </dialog>`
   const list = box.querySelector('#versions')
   const statusEl = box.querySelector('#history-status')
@@ -53,6 +57,14 @@ export function openHistory (box, name) {
     }
   }
 
+  const custom = box.querySelector('#preview-custom')
+  let removeCustom = null
+  if (options.preview) {
+    box.querySelector('#preview-editor').hidden = true
+    box.querySelector('.ql-toolbar')?.remove()
+    custom.hidden = false
+  }
+
   let stopped = false
   async function preview (v) {
     box.querySelector("#preview-title").textContent = `${name} at #${v.seq_to} (${time(v.last_at)}), read-only`
@@ -62,6 +74,11 @@ export function openHistory (box, name) {
       const state = await api.stateAt(name, v.seq_to)
       const doc = new Y.Doc()
       Y.applyUpdate(doc, state)
+      if (options.preview) {
+        if (removeCustom) removeCustom()
+        removeCustom = options.preview(custom, doc)
+        return
+      }
       quill.setContents(doc.getText('content').toDelta())
       doc.destroy()
     } catch (e) {
@@ -107,6 +124,7 @@ export function openHistory (box, name) {
   return () => {
     stopped = true
     clearInterval(refresh)
+    if (removeCustom) removeCustom()
     if (dialog.open) dialog.close()
     box.innerHTML = ''
   }

@@ -1,8 +1,9 @@
 import './style.css'
 
 import { openEditor } from './editor.js'
+import { openTiptap } from './tiptap.js'
 import { renderHome } from './home.js'
-import { docFromPath, navigate, startRouter } from './router.js'
+import { editorFromPath, navigate, startRouter } from './router.js'
 import { colorFor, loadSession, session, signIn, signOut } from './session.js'
 
 const app = document.getElementById('app')
@@ -78,10 +79,10 @@ async function route (path) {
   }
   renderMe()
   if (!s) return renderSignIn(path)
-  const doc = docFromPath(path)
-  if (doc !== null) {
-    document.title = `${doc} · pg_collab`
-    closeView = openEditor(app, doc, s)
+  const view = editorFromPath(path)
+  if (view !== null) {
+    document.title = `${view.doc} · pg_collab`
+    closeView = view.kind === 'quill' ? openEditor(app, view.doc, s) : openTiptap(app, view.doc, s)
   } else {
     if (path !== '/') return navigate('/')
     document.title = 'pg_collab'

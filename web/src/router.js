@@ -1,4 +1,5 @@
-// Two views: `/` (documents) and `/d/<name>` (the editor). Links marked data-link stay in the page.
+// Views: `/` (documents), `/d/<name>` (the Tiptap editor, Hocuspocus) and `/q/<name>` (the
+// classic Quill editor, y-websocket). Links marked data-link stay in the page.
 
 let onRoute = () => {}
 
@@ -27,4 +28,14 @@ export function docFromPath (path) {
   } catch {
     return null
   }
+}
+
+/** The editor of a path: `{ kind: 'tiptap' | 'quill', doc }`, or null. */
+export function editorFromPath (path) {
+  if (path.startsWith('/q/')) {
+    const doc = docFromPath('/d/' + path.slice(3))
+    return doc === null ? null : { kind: 'quill', doc }
+  }
+  const doc = docFromPath(path)
+  return doc === null ? null : { kind: 'tiptap', doc }
 }

@@ -24,12 +24,13 @@ const browser = await chromium.launch({
 })
 const pageErrors = []
 
-/** A person with their own browser context (own cookie), signed in, on the document. */
-async function person (name) {
+/** A person with their own browser context (own cookie), signed in, on the document in the
+ * classic Quill page (y-websocket; /q/). */
+async function person (name, docName = doc) {
   const ctx = await browser.newContext({ viewport: { width: 900, height: 620 } })
   const page = await ctx.newPage()
   page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`))
-  await page.goto(`${base}/d/${encodeURIComponent(doc)}`)
+  await page.goto(`${base}/q/${encodeURIComponent(docName)}`)
   await page.fill('#signin-name', name)
   await page.click('#signin-form button[type=submit]')
   await page.waitForSelector('.ql-editor')
@@ -49,6 +50,52 @@ async function person (name) {
 }
 
 const text = (p) => p.page.evaluate(() => window.collab.text.toString())
+
+/** A person on the Tiptap page (/d/: Hocuspocus, one socket for the document and its notes). */
+async function tiptapPerson (name, ctx = null) {
+  ctx = ctx || await browser.newContext({ viewport: { width: 900, height: 620 } })
+  const page = await ctx.newPage()
+  const sockets = []
+  page.on('websocket', (ws) => sockets.push(new URL(ws.url()).pathname))
+  page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`))
+  if (process.env.BROWSER_DEBUG) page.on('console', (m) => console.error(name, m.type(), m.text()))
+  if (process.env.BROWSER_DEBUG) page.on('pageerror', (e) => console.error(name, 'pageerror', e.message))
+  await page.goto(`${base}/d/${encodeURIComponent(doc)}`)
+  await page.waitForSelector('#signin-form, #editor .tiptap')
+  if (await page.$('#signin-form')) {
+    await page.fill('#signin-name', name)
+    await page.click('#signin-form button[type=submit]')
+  }
+  await page.waitForSelector('#editor .tiptap')
+  await page.waitForSelector('#status[data-state=connected][data-saved=saved]', { timeout: 20000 })
+  // Every saved state the header shows, in order, for assertions.
+  await page.evaluate(() => {
+    const el = document.getElementById('status')
+    window.__saved = [el.dataset.saved]
+    new MutationObserver(() => {
+      const s = el.dataset.saved
+      if (window.__saved[window.__saved.length - 1] !== s) window.__saved.push(s)
+    }).observe(el, { attributes: true, attributeFilter: ['data-saved'] })
+  })
+  return { name, ctx, page, sockets }
+}
+
+const tiptapText = (p) => p.page.evaluate(() => window.collab.editor.getText())
+const notesText = (p) => p.page.evaluate(() => window.collab.notesEditor.getText())
+const savedSeen = (p) => p.page.evaluate(() => window.__saved)
+async function typeTiptap (p, selector, s) {
+  await p.page.click(`${selector} .tiptap`)
+  await p.page.keyboard.press('End')
+  await p.page.keyboard.type(s, { delay: 8 })
+}
+async function until (what, cond, timeout = 20000) {
+  const deadline = Date.now() + timeout
+  while (Date.now() < deadline) {
+    if (await cond()) return
+    await sleep(50)
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
 const state = (p) => p.page.evaluate(() => document.getElementById('status').dataset.state)
 const statesSeen = (p) => p.page.evaluate(() => window.__states)
 const placeCaret = (p, index) => p.page.evaluate((i) => window.collab.quill.setSelection(i, 0), index)
@@ -88,6 +135,99 @@ async function sideBySide (a, b, file) {
 }
 
 const scenarios = {
+  // Tiptap through the Hocuspocus provider: two people, the document and its notes on one
+  // socket each, carets with names, who is here, "Saved".
+  async tiptap () {
+    const ada = await tiptapPerson('Ada')
+    const grace = await tiptapPerson('Grace')
+    await typeTiptap(ada, '#editor', 'Hello from Ada.')
+    await typeTiptap(grace, '#notes', 'A note from Grace.')
+    await until('convergence', async () => {
+      const [a, g, an, gn] = [await tiptapText(ada), await tiptapText(grace), await notesText(ada), await notesText(grace)]
+      return a === g && a.includes('Hello from Ada.') && an === gn && an.includes('A note from Grace.')
+    })
+    await typeTiptap(grace, '#editor', ' And Grace.')
+    await ada.page.waitForFunction(() => document.querySelector('.collaboration-carets__label')?.textContent === 'Grace', null, { timeout: 10000 })
+    await ada.page.waitForSelector('#people li[data-name="Grace"]', { timeout: 10000 })
+    await Promise.all([ada, grace].map((p) => p.page.waitForSelector('#status[data-saved=saved]', { timeout: 20000 })))
+    await sleep(300)
+    await sideBySide(ada, grace, 'tiptap.png')
+    step('tiptap', {
+      text: await tiptapText(ada),
+      notes: await notesText(ada),
+      caret: await ada.page.textContent('.collaboration-carets__label'),
+      people: await ada.page.$$eval('#people li', (els) => els.map((e) => e.dataset.name)),
+      sockets: ada.sockets,
+      label: await ada.page.textContent('#status')
+    })
+  },
+
+  // PostgreSQL stops: a keystroke shows "Saving…" (never "Saved") until it is back and the edit
+  // is committed. The Tiptap page (Hocuspocus sync status) and the Quill page (saved.js).
+  async saving () {
+    const ada = await tiptapPerson('Ada')
+    const grace = await person('Grace', `${doc}-quill`)
+    await typeTiptap(ada, '#editor', 'Before.')
+    await typeIn(grace, 0, 'Before.')
+    await ada.page.waitForSelector('#status[data-saved=saved]', { timeout: 20000 })
+    await grace.page.waitForSelector('#status[data-saved=saved]', { timeout: 20000 })
+    await grace.page.evaluate(() => {
+      const el = document.getElementById('status')
+      window.__saved = [el.dataset.saved]
+      new MutationObserver(() => {
+        const s = el.dataset.saved
+        if (window.__saved[window.__saved.length - 1] !== s) window.__saved.push(s)
+      }).observe(el, { attributes: true, attributeFilter: ['data-saved'] })
+    })
+    await ada.page.evaluate(() => { window.__saved = [document.getElementById('status').dataset.saved] })
+    step('ready')
+    await waitLine() // PostgreSQL is stopped
+    await typeTiptap(ada, '#editor', ' While down.')
+    await typeIn(grace, (await text(grace)).length, ' While down.')
+    await Promise.all([ada, grace].map((p) => p.page.waitForSelector('#status[data-saved=saving]', { timeout: 10000 })))
+    await sleep(3000)
+    step('down', {
+      ada: await savedSeen(ada),
+      grace: await savedSeen(grace),
+      ada_label: await ada.page.textContent('#status'),
+      grace_label: await grace.page.textContent('#status')
+    })
+    await waitLine() // PostgreSQL runs again
+    await Promise.all([ada, grace].map((p) => p.page.waitForSelector('#status[data-saved=saved]', { timeout: 60000 })))
+    step('saved', { ada: await savedSeen(ada), grace: await savedSeen(grace), text: await tiptapText(ada), quill: await text(grace) })
+  },
+
+  // Offline across reloads: the bridge cannot be reached (WebSockets refused; the page itself
+  // still loads), Ada types, reloads, sees her text (IndexedDB), and once the bridge is
+  // reachable it is uploaded.
+  async offline_reload () {
+    const ctx = await browser.newContext({ viewport: { width: 900, height: 620 } })
+    let blocked = false
+    await ctx.routeWebSocket(/\/hocuspocus/, (ws) => {
+      if (blocked) ws.close()
+      else ws.connectToServer()
+    })
+    let ada = await tiptapPerson('Ada', ctx)
+    await typeTiptap(ada, '#editor', 'Online.')
+    await ada.page.waitForSelector('#status[data-saved=saved]', { timeout: 20000 })
+    blocked = true
+    await ctx.setOffline(true)
+    await ada.page.waitForSelector('#status[data-state=offline]', { timeout: 10000 })
+    await typeTiptap(ada, '#editor', ' Offline edit.')
+    step('typed', { label: await ada.page.textContent('#status') })
+    await waitLine()
+    await ctx.setOffline(false)
+    await ada.page.reload()
+    await ada.page.waitForSelector('#editor .tiptap')
+    await ada.page.waitForFunction(() => window.collab && window.collab.editor.getText().includes('Offline edit.'), null, { timeout: 10000 })
+    step('reloaded', { text: await tiptapText(ada), label: await ada.page.textContent('#status') })
+    await waitLine()
+    blocked = false
+    await ada.page.waitForSelector('#status[data-state=connected][data-saved=saved]', { timeout: 30000 })
+    step('online', { text: await tiptapText(ada) })
+    ada = null
+  },
+
   // Two people type at the same position at the same moment; nothing may be lost.
   async concurrent_typing () {
     const ada = await person('Ada')
@@ -258,7 +398,7 @@ const scenarios = {
       await ctx.addCookies([{ name: 'collab_token', value: token, url: base, httpOnly: true, sameSite: 'Strict' }])
       const page = await ctx.newPage()
       page.on('pageerror', (e) => pageErrors.push(e.message))
-      await page.goto(`${base}/d/${encodeURIComponent(doc)}`)
+      await page.goto(`${base}/q/${encodeURIComponent(doc)}`)
       await page.waitForSelector('#status[data-state=connected]', { timeout: 15000 })
       return { ctx, page }
     }

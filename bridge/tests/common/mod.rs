@@ -108,11 +108,7 @@ impl Pg {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-                pg.dir.path().display()
-            );
+            let opts = pg.server_options(port);
             let out = pg
                 .cmd("pg_ctl")
                 .arg("-D")
@@ -145,6 +141,36 @@ impl Pg {
                 &format!("CREATE ROLE {BRIDGE_USER} LOGIN IN ROLE collab_bridge"),
             ]));
         pg
+    }
+
+    fn server_options(&self, port: u16) -> String {
+        format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            self.dir.path().display()
+        )
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended), keeping its data; `start_again`
+    /// brings it back on the same port. (For tests of what clients see while it is down.)
+    pub fn stop(&self) {
+        run(self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null()));
+    }
+
+    pub fn start_again(&self) {
+        run(self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-o", &self.server_options(self.port), "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "-t", "60", "start"])
+            .stdout(Stdio::null()));
     }
 
     /// The superuser, for the tests' own checks.

@@ -3,6 +3,7 @@
 // records when each edit arrives (one process, one clock). Used side by side against
 // collab-bridge and the y-websocket reference server by scripts/bench-bridge.sh.
 // Usage: node propagation.mjs <ws-base> <token|-> <docs> <clients-per-doc> <updates/s per client> <seconds>
+// With LATENCIES=FILE it also writes every latency (ms, sorted) to FILE as JSON.
 import { createRequire } from 'node:module'
 import { performance } from 'node:perf_hooks'
 
@@ -67,6 +68,8 @@ const elapsed = (performance.now() - t0) / 1000
 const cpu = process.cpuUsage(cpu0)
 await sleep(2000) // drain
 latencies.sort((a, b) => a - b)
+// Several harness processes (scripts/bench-latency.sh) merge their latencies from these files.
+if (process.env.LATENCIES) (await import('node:fs')).writeFileSync(process.env.LATENCIES, JSON.stringify(latencies))
 const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : NaN
 const expected = count * (M - 1)
 console.log(JSON.stringify({

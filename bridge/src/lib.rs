@@ -139,6 +139,7 @@ impl AppState {
             lag.clone(),
             &bridge_id,
             tracker.clone(),
+            hub.clone(),
         );
         // Diffs may use the pool but for the lanes and one connection for everything else.
         let diff_slots = cfg.pool_size.saturating_sub(cfg.write_lanes + 1).max(1);

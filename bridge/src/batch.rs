@@ -130,26 +130,6 @@ impl Batcher {
         }
     }
 
-    /// Readies each lane's connection in the background, so that the first write after start
-    /// does not pay for a new backend, loading the extension and preparing statements (a
-    /// freshly started bridge's first updates took ~100 ms more without it: bench/RESULTS.md).
-    /// One attempt per lane; a lane that gets nothing here connects on its first write as before.
-    pub fn warm_up(&self) {
-        for lane in 0..self.inner.lanes.len() {
-            let inner = self.inner.clone();
-            self.inner.tracker.spawn(async move {
-                let Ok(Ok(c)) = tokio::time::timeout(WARM_UP_LIMIT, warm_connection(&inner)).await
-                else {
-                    return;
-                };
-                let mut queue = lock(&inner.lanes[lane]);
-                if queue.conn.is_none() && !queue.running {
-                    queue.conn = Some(c);
-                }
-            });
-        }
-    }
-
     /// Queues one update for `doc`; the receiver gets its sequence once stored, or the error.
     pub fn submit(
         &self,
@@ -318,25 +298,6 @@ fn take_group(
     docs.retain(|_, items| !items.is_empty());
     group.sort_unstable_by(|a, b| a.doc.cmp(&b.doc));
     group
-}
-
-const WARM_UP_LIMIT: Duration = Duration::from_secs(10);
-
-/// A lane connection with its settings made, the write statements prepared and the extension
-/// loaded in its backend (by a read of a document's head, whatever the name).
-async fn warm_connection(inner: &Inner) -> Result<Object> {
-    let c = inner.pool.get().await?;
-    c.batch_execute(&inner.setup).await?;
-    c.prepare_cached(APPLY).await?;
-    c.prepare_cached(APPLY_MANY).await?;
-    // Whatever it answers (no such document, most likely), the extension is loaded now.
-    let _ = c
-        .query_opt(
-            "SELECT head_seq FROM collab.document_info($1)",
-            &[&"collab-bridge warm-up"],
-        )
-        .await;
-    Ok(c)
 }
 
 /// A pooled connection for a write. Acquisition is retried (nothing was sent yet, so that is

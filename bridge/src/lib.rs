@@ -398,7 +398,6 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         tracing::warn!("development mode: fixed token secret, POST /api/dev/login enabled");
     }
     state.spawn_listener();
-    state.batcher.warm_up();
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Light-load latency of issue #15, side by side in one run: collab-bridge (durable: every update
 # committed to PostgreSQL with fsync before anyone gets it) against the npm y-websocket 1.5.4
-# reference server (in memory), with stock Yjs clients (bench/js/propagation.mjs, in PROCS
+# reference server and @hocuspocus/server 4.7 with its provider (both in memory; bench/js),
+# with stock Yjs clients (bench/js/propagation.mjs, in PROCS
 # Node.js processes) and with the Rust load generator, at the loads of the issue. Each bridge run
 # also prints where the time went in the bridge (queue for the lane, write transaction, commit →
 # frame written; means and the histogram bucket holding p50/p99), from its /metrics.
@@ -44,6 +45,11 @@ rport="$(free_port)"
 HOST=127.0.0.1 PORT="$rport" node tests/js/node_modules/y-websocket/bin/server.js >/dev/null &
 reference=$!
 pids+=("$reference")
+# @hocuspocus/server 4.7 in memory, measured with its own provider (Node.js harness only: the
+# Rust generator speaks the y-websocket protocol).
+hport="$(free_port)"
+(cd bench/js && PORT="$hport" exec node hocuspocus-server.mjs) >/dev/null &
+pids+=($!)
 sleep 2
 
 # The Node.js harness in $procs processes started together: the documents are split between
@@ -90,6 +96,9 @@ for round in $(seq "$rounds"); do
                 sleep 2
                 printf 'round %s node(%s procs) %s x %s @ %s/s collab-bridge: ' "$round" "$procs" "$d" "$m" "$r"
                 node_run "ws://127.0.0.1:$bport/ws" "$token" "$d" "$m" "$r"
+                sleep 2
+                printf 'round %s node(%s procs) %s x %s @ %s/s hocuspocus:    ' "$round" "$procs" "$d" "$m" "$r"
+                PROVIDER=hocuspocus node_run "ws://127.0.0.1:$hport" - "$d" "$m" "$r"
                 ;;
             rust)
                 printf 'round %s rust %s x %s @ %s/s reference:     ' "$round" "$d" "$m" "$r"

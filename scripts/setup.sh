@@ -68,6 +68,8 @@ npm_install() { # dir, what for
     fi
 }
 npm_install "$ROOT/tests/js" "the test clients"
+# The in-memory relays of the latency benchmark (issue #15: @hocuspocus/server and provider).
+npm_install "$ROOT/bench/js" "the benchmark relays"
 npm_install "$ROOT/web" "the demo page"
 
 # The page is rebuilt only when its sources changed since the last build.

@@ -3,13 +3,29 @@
 // records when each edit arrives (one process, one clock). Used side by side against
 // collab-bridge and the y-websocket reference server by scripts/bench-bridge.sh.
 // Usage: node propagation.mjs <ws-base> <token|-> <docs> <clients-per-doc> <updates/s per client> <seconds>
+// With LATENCIES=FILE it also writes every latency (ms, sorted) to FILE as JSON.
 import { createRequire } from 'node:module'
 import { performance } from 'node:perf_hooks'
 
-const require = createRequire(new URL('../../tests/js/package.json', import.meta.url))
+// PROVIDER=hocuspocus: clients are @hocuspocus/provider's (from bench/js, with its own yjs),
+// for @hocuspocus/server; otherwise y-websocket's WebsocketProvider (from tests/js).
+const hocuspocus = process.env.PROVIDER === 'hocuspocus'
+const require = createRequire(new URL(hocuspocus ? './package.json' : '../../tests/js/package.json', import.meta.url))
 const Y = require('yjs')
-const { WebsocketProvider } = require('y-websocket')
 const WebSocket = require('ws')
+const { WebsocketProvider } = hocuspocus ? {} : require('y-websocket')
+const { HocuspocusProvider } = hocuspocus ? require('@hocuspocus/provider') : {}
+const connect = (base, room, ydoc, token) => {
+  if (!hocuspocus) {
+    const params = token === '-' ? {} : { token }
+    const p = new WebsocketProvider(base, room, ydoc, { WebSocketPolyfill: WebSocket, params, disableBc: true })
+    return { p, synced: () => p.synced, destroy: () => p.destroy() }
+  }
+  const p = new HocuspocusProvider({
+    url: base, name: room, document: ydoc, WebSocketPolyfill: WebSocket, ...(token === '-' ? {} : { token })
+  })
+  return { p, synced: () => p.isSynced, destroy: () => p.destroy() }
+}
 
 process.setMaxListeners(0) // one exit listener per provider
 const [base, token, docs, perDoc, rate, seconds] = process.argv.slice(2)
@@ -24,10 +40,7 @@ const clients = []
 for (let d = 0; d < D; d++) {
   for (let m = 0; m < M; m++) {
     const ydoc = new Y.Doc()
-    const params = token === '-' ? {} : { token }
-    const provider = new WebsocketProvider(base, `bench-${run}-${d}`, ydoc, {
-      WebSocketPolyfill: WebSocket, params, disableBc: true
-    })
+    const provider = connect(base, `bench-${run}-${d}`, ydoc, token)
     const text = ydoc.getText('content')
     text.observe((event, txn) => {
       if (txn.local) return
@@ -44,7 +57,7 @@ for (let d = 0; d < D; d++) {
   }
 }
 const start = performance.now()
-while (!clients.every(c => c.provider.synced)) {
+while (!clients.every(c => c.provider.synced())) {
   if (performance.now() - start > 30000) throw new Error('clients did not sync')
   await sleep(20)
 }
@@ -67,6 +80,8 @@ const elapsed = (performance.now() - t0) / 1000
 const cpu = process.cpuUsage(cpu0)
 await sleep(2000) // drain
 latencies.sort((a, b) => a - b)
+// Several harness processes (scripts/bench-latency.sh) merge their latencies from these files.
+if (process.env.LATENCIES) (await import('node:fs')).writeFileSync(process.env.LATENCIES, JSON.stringify(latencies))
 const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : NaN
 const expected = count * (M - 1)
 console.log(JSON.stringify({

@@ -18,6 +18,12 @@
 //!
 //! A batch takes the origin of its writers when they are all the same connection, otherwise
 //! `<bridge-id>/*` (delivered to everyone, the writers included: re-applying is harmless in Yjs).
+//!
+//! When a transaction has committed (the statement's result, which tokio-postgres hands over
+//! only after `ReadyForQuery`, i.e. after the commit), each of its documents' updates go to the
+//! document's room on this bridge at once ([`RoomEvent::Committed`]: per update, with its own
+//! writer's origin), so this bridge's clients do not wait for the notification to come back
+//! from PostgreSQL; the room still delivers in sequence order and fetches any gap.
 //! When a transaction fails for a reason other than the database being unavailable (one bad
 //! update aborts all of it), its documents are retried one per transaction, and a refused batch
 //! of one document one update at a time, so that only the bad update fails.
@@ -39,7 +45,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::db;
 use crate::error::{Error, Result};
-use crate::fanout::lock;
+use crate::fanout::{lock, Hub, RoomEvent};
 use crate::metrics::{LagTracker, Metrics};
 
 /// Updates and bytes one transaction takes at most (whole documents; at least one document).
@@ -82,6 +88,8 @@ struct Inner {
     setup: String,
     lanes: Vec<Mutex<LaneQueue>>,
     tracker: TaskTracker,
+    /// Where committed updates are delivered to this bridge's clients.
+    hub: Arc<Hub>,
 }
 
 /// How the write lanes work.
@@ -106,6 +114,7 @@ impl Batcher {
         lag: Arc<LagTracker>,
         bridge_id: &str,
         tracker: TaskTracker,
+        hub: Arc<Hub>,
     ) -> Self {
         Batcher {
             inner: Arc::new(Inner {
@@ -120,6 +129,7 @@ impl Batcher {
                 ),
                 lanes: (0..lanes.lanes.max(1)).map(|_| Mutex::default()).collect(),
                 tracker,
+                hub,
             }),
         }
     }
@@ -459,8 +469,9 @@ fn note_transaction(inner: &Inner, docs: usize, started: Instant) -> Instant {
     Instant::now()
 }
 
-/// `items` of `doc` were stored ending at sequence `last`: counted, their commit noted for the
-/// notification lag, and each writer told its sequence.
+/// `items` of `doc` were stored ending at sequence `last` (committed): counted, their commit
+/// noted for the notification lag, each writer told its sequence, and the updates handed to the
+/// document's room on this bridge.
 fn stored(
     inner: &Inner,
     doc: &str,
@@ -474,9 +485,18 @@ fn stored(
     m.updates_in.fetch_add(items.len() as u64, Relaxed);
     inner.lag.committed(doc, last, started, finished, m);
     let first = last - items.len() as i64 + 1;
+    let mut parts = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let _ = item.done.send(Ok(first + i as i64));
+        parts.push((item.origin, item.update));
     }
+    inner.hub.route(
+        doc,
+        RoomEvent::Committed {
+            seq_from: first,
+            parts,
+        },
+    );
 }
 
 /// One document's batch in one statement (its own transaction).

@@ -4,7 +4,10 @@
 //! Each room tracks the last sequence it delivered. An update notification that follows on
 //! directly and carries its update inline is sent as is; anything else (a gap, a batch too large
 //! to inline, a listener reconnect, a dropped event) makes the room fetch
-//! `collab.updates_since(last)`. Each connection has a send queue bounded in bytes; one that is
+//! `collab.updates_since(last)`. The updates this bridge writes reach its own rooms when their
+//! transaction has committed ([`RoomEvent::Committed`], from the write lanes), through the same
+//! queue and the same checks, so their notification only serves other bridges (and is ignored
+//! here as a duplicate). Each connection has a send queue bounded in bytes; one that is
 //! over its budget gets the connection closed (too slow). Nothing is echoed to the connection
 //! that wrote it: its origin (`<bridge-id>/<conn-id>`) is skipped. Awareness, unlike updates,
 //! goes to everyone.
@@ -152,6 +155,14 @@ pub enum RoomEvent {
         payload: Vec<u8>,
     },
     Deleted,
+    /// Updates this bridge has just committed, handed over when `COMMIT` returned instead of
+    /// when their notification comes back (which then arrives as a duplicate and is ignored):
+    /// one part per stored update, sequences `seq_from..` in order, each with the origin of
+    /// the connection that wrote it (so that no writer gets its own update back).
+    Committed {
+        seq_from: i64,
+        parts: Vec<(String, Vec<u8>)>,
+    },
 }
 
 struct AwarenessState {
@@ -662,22 +673,9 @@ async fn handle_event(
             update,
         } => {
             if seq_to <= last {
-                // Usually a notification from before the room opened. But if sequences start
-                // again at 1, the document may have been deleted and written anew with its
-                // `deleted` notification lost: then the log ends before what the room
-                // delivered, and the clients hold a document that is gone.
-                if seq_from == 1 {
-                    if let Ok(head) =
-                        db::head_seq(ctx.shards.pool_for(&room.name), &room.name).await
-                    {
-                        if head < last {
-                            tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
-                            room.kick_all(Error::Deleted);
-                            return 0;
-                        }
-                    }
-                }
-                return last;
+                // Usually a notification from before the room opened, or of an update this
+                // bridge delivered at commit.
+                return already_delivered(room, ctx, last, seq_from).await;
             }
             match update {
                 Some(update) if seq_from == last + 1 => {
@@ -696,7 +694,49 @@ async fn handle_event(
             room.kick_all(Error::Deleted);
             0
         }
+        RoomEvent::Committed { seq_from, parts } => {
+            let seq_to = seq_from + parts.len() as i64 - 1;
+            if seq_to <= last {
+                // Its notification (or a catch-up) came first.
+                return already_delivered(room, ctx, last, seq_from).await;
+            }
+            if seq_from > last + 1 {
+                // Another bridge committed the sequences in between and their notification is
+                // not here yet: fetch the gap (and these, committed as well) from the log.
+                return catch_up(room, ctx, last).await;
+            }
+            room.delivered.store(seq_to, Ordering::Release);
+            let mut sent = 0;
+            for (seq, (origin, update)) in (seq_from..).zip(parts) {
+                // A catch-up page may have ended inside this range.
+                if seq > last {
+                    send_update_since(room, ctx, update, Some(&origin), Some(arrived));
+                    sent += 1;
+                }
+            }
+            ctx.metrics
+                .delivered_at_commit
+                .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            seq_to
+        }
     }
+}
+
+/// An update event for sequences the room has delivered already: ignored, and `last` kept. But
+/// if sequences start again at 1, the document may have been deleted and written anew with its
+/// `deleted` notification lost: then the log ends before what the room delivered, and the
+/// clients hold a document that is gone (closed; the room starts again from 0).
+async fn already_delivered(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, seq_from: i64) -> i64 {
+    if seq_from == 1 {
+        if let Ok(head) = db::head_seq(ctx.shards.pool_for(&room.name), &room.name).await {
+            if head < last {
+                tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
+                room.kick_all(Error::Deleted);
+                return 0;
+            }
+        }
+    }
+    last
 }
 
 /// Catch-ups of more rows than this are sent as one merged update, so that a long listener

@@ -190,6 +190,7 @@ impl AppState {
                     lag.clone(),
                     &bridge_id,
                     tracker.clone(),
+                    hub.clone(),
                 )
             })
             .collect();

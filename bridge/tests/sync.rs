@@ -168,3 +168,134 @@ async fn concurrent_writers_are_group_committed() {
         c.wait_text(&text).await;
     }
 }
+
+/// The markers `<...>` in the bytes of an update (Yjs v1 stores inserted strings verbatim).
+fn markers_in(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Some(open) = rest.iter().position(|b| *b == b'<') {
+        rest = &rest[open + 1..];
+        // A '<' may also be a byte of the binary encoding: only `<` alphanumerics `>` counts.
+        let len = rest
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        if len > 0 && rest.get(len) == Some(&b'>') {
+            out.push(String::from_utf8_lossy(&rest[..len]).into_owned());
+            rest = &rest[len + 1..];
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_from_two_bridges_reach_each_bridges_clients_in_sequence_order_exactly_once() {
+    let pg = Pg::start();
+    let a = Bridge::start(&pg, "a", &[]).await;
+    let b = Bridge::start(&pg, "b", &[]).await;
+    let t = writer_token();
+    let doc = "order";
+    // A writer and a watcher on each bridge: a watcher gets its own bridge's writes when they
+    // commit and the other bridge's from their notifications, interleaved in one sequence.
+    let wa = YClient::connect(&a.ws_url(doc), Some(&t)).await;
+    let wb = YClient::connect(&b.ws_url(doc), Some(&t)).await;
+    let va = YClient::connect(&a.ws_url(doc), Some(&t)).await;
+    let vb = YClient::connect(&b.ws_url(doc), Some(&t)).await;
+    for c in [&wa, &wb, &va, &vb] {
+        c.wait_synced().await;
+    }
+    const N: usize = 60;
+    tokio::join!(
+        edit_tagged(&wa, "a", 0..N / 2),
+        edit_tagged(&wb, "b", 0..N / 2)
+    );
+    // Bridge a stops hearing notifications: b's next update reaches a's room only from the
+    // log, and a's own next one (the sequence after it) is handed to the room at commit, with
+    // a gap before it that the room must fill first.
+    let db = pg.client().await;
+    let killed: i64 = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'collab-bridge-listener a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "listener backend not found");
+    edit_tagged(&wb, "b", N / 2..N / 2 + 1).await;
+    let b_seen = format!("<b{}>", N / 2);
+    wait_for("b's update at its bridge", Duration::from_secs(10), || {
+        vb.text().contains(&b_seen)
+    })
+    .await;
+    edit_tagged(&wa, "a", N / 2..N / 2 + 1).await;
+    tokio::join!(
+        edit_tagged(&wa, "a", N / 2 + 1..N),
+        edit_tagged(&wb, "b", N / 2 + 1..N)
+    );
+
+    let all = wait_until(Duration::from_secs(30), || {
+        [&va, &vb]
+            .iter()
+            .all(|v| markers_in(v.text().as_bytes()).len() == 2 * N)
+    })
+    .await;
+    assert!(all, "watchers did not get every update");
+
+    // The log, in sequence order: which marker each sequence holds.
+    let rows = db
+        .query(
+            "SELECT u.seq, u.update FROM collab.updates u JOIN collab.documents d \
+             ON d.id = u.doc_id WHERE d.name = $1 ORDER BY u.seq",
+            &[&doc],
+        )
+        .await
+        .unwrap();
+    let mut seq_of = std::collections::HashMap::new();
+    for r in &rows {
+        let update: Vec<u8> = r.get(1);
+        for m in markers_in(&update) {
+            assert!(
+                seq_of.insert(m, r.get::<_, i64>(0)).is_none(),
+                "stored twice"
+            );
+        }
+    }
+    assert_eq!(seq_of.len(), 2 * N, "every update stored once");
+    let mut all_seqs: Vec<i64> = seq_of.values().copied().collect();
+    all_seqs.sort_unstable();
+
+    for (name, v) in [("a", &va), ("b", &vb)] {
+        let frames = v.log.lock().unwrap().update_frames.clone();
+        let mut seen = Vec::new();
+        let mut delivered_up_to = 0;
+        for f in &frames {
+            let seqs: Vec<i64> = markers_in(f).iter().map(|m| seq_of[m]).collect();
+            let (Some(lo), Some(hi)) = (seqs.iter().min(), seqs.iter().max()) else {
+                continue;
+            };
+            assert!(
+                *lo > delivered_up_to,
+                "watcher on bridge {name}: sequences {lo}..={hi} after {delivered_up_to}"
+            );
+            delivered_up_to = *hi;
+            seen.extend(seqs);
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen, all_seqs,
+            "watcher on bridge {name}: every update once"
+        );
+    }
+    // Each bridge delivered (some of) its own writes at commit, not from the notification.
+    assert!(a.metric("collab_bridge_delivered_at_commit_total").await >= 1.0);
+    assert!(b.metric("collab_bridge_delivered_at_commit_total").await >= 1.0);
+}
+
+async fn edit_tagged(c: &YClient, tag: &str, n: std::ops::Range<usize>) {
+    for i in n {
+        c.insert(0, &format!("<{tag}{i}>"));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

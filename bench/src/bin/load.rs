@@ -237,7 +237,7 @@ async fn bridge_metrics(addr: &str) -> std::collections::HashMap<String, f64> {
     }
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         if let Some((name, v)) = line.split_once(' ') {
-            if name.ends_with("_sum") || name.ends_with("_count") {
+            if name.ends_with("_sum") || name.ends_with("_count") || name.contains("_bucket{") {
                 out.insert(name.to_string(), v.trim().parse().unwrap_or(0.0));
             }
         }
@@ -245,7 +245,38 @@ async fn bridge_metrics(addr: &str) -> std::collections::HashMap<String, f64> {
     out
 }
 
-/// Means over the run of the bridge's stages: `"name":mean` pairs (ms for durations).
+/// The upper bound of the histogram bucket that holds quantile `q` of what `name` observed
+/// between two scrapes (so "at most this"; +Inf when beyond the last bound).
+fn bucket_quantile(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    name: &str,
+    q: f64,
+) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    (total > 0.0).then_some(())?;
+    buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map(|(le, _)| *le)
+}
+
+/// Means over the run of the bridge's stages: `"name":mean` pairs (ms for durations), and for
+/// the durations the bucket bounds holding their p50 and p99 (`"name_p50_le"`, ms).
 fn stage_means(
     before: &std::collections::HashMap<String, f64>,
     after: &std::collections::HashMap<String, f64>,
@@ -267,7 +298,20 @@ fn stage_means(
         .iter()
         .filter_map(|(label, name, scale)| {
             let n = d(&format!("{name}_count"));
-            (n > 0.0).then(|| format!("\"{label}\":{:.3}", scale * d(&format!("{name}_sum")) / n))
+            let mut part = format!("\"{label}\":{:.3}", scale * d(&format!("{name}_sum")) / n);
+            if let Some(stem) = label.strip_suffix("_ms") {
+                for (tag, q) in [("p50", 0.5), ("p99", 0.99)] {
+                    if let Some(le) = bucket_quantile(before, after, name, q) {
+                        let le = if le.is_finite() {
+                            format!("{:.2}", le * 1e3)
+                        } else {
+                            "\"inf\"".into()
+                        };
+                        part.push_str(&format!(",\"{stem}_{tag}_le\":{le}"));
+                    }
+                }
+            }
+            (n > 0.0).then_some(part)
         })
         .collect();
     format!("{{{}}}", parts.join(","))

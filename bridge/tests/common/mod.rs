@@ -443,6 +443,8 @@ pub fn alg_none_token() -> String {
 pub struct ClientLog {
     pub synced: bool,
     pub updates_received: usize,
+    /// The payload of every update message received (not sync step 2), in arrival order.
+    pub update_frames: Vec<Vec<u8>>,
     pub denied: Vec<String>,
     pub awareness: Vec<Vec<(u64, u32, String)>>,
     pub close: Option<(u16, String)>,
@@ -550,6 +552,7 @@ impl YClient {
                                     l.synced = true;
                                 } else {
                                     l.updates_received += 1;
+                                    l.update_frames.push(u);
                                 }
                             }
                             Message::Auth(Some(reason)) => log2.lock().unwrap().denied.push(reason),

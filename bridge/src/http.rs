@@ -519,12 +519,7 @@ async fn search(
 }
 
 /// Matches from every shard, best first.
-async fn search_all_shards(
-    st: &AppState,
-    q: &str,
-    lang: &str,
-    limit: i32,
-) -> Result<Vec<db::Hit>> {
+async fn search_all_shards(st: &AppState, q: &str, lang: &str, limit: i32) -> Result<Vec<db::Hit>> {
     let mut hits = gather_shards(st, "search", |pool| db::search(pool, q, lang, limit)).await?;
     hits.sort_by(|a, b| b.rank.total_cmp(&a.rank));
     hits.truncate(usize::try_from(limit).unwrap_or(usize::MAX));

@@ -17,8 +17,8 @@ pub mod metrics;
 pub mod notify;
 pub mod pgconn;
 pub mod protocol;
-pub mod shards;
 pub mod session;
+pub mod shards;
 pub mod upgrade;
 pub mod ws;
 

@@ -145,7 +145,14 @@ impl DocSession {
             let st2 = st.clone();
             st.tracker.spawn(async move {
                 let frame = protocol::awareness(gone);
-                publish_awareness(st2.pool_for(&room.name), &room, &origin, &frame, &st2.metrics).await;
+                publish_awareness(
+                    st2.pool_for(&room.name),
+                    &room,
+                    &origin,
+                    &frame,
+                    &st2.metrics,
+                )
+                .await;
             });
         }
     }

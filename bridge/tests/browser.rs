@@ -437,6 +437,15 @@ async fn tiptap_pages_share_a_document_and_its_notes_over_one_hocuspocus_socket_
     assert!(tiptap_text(&pg, "tiptap/notes")
         .await
         .contains("A note from Grace."));
+    let history = node.step("history").await;
+    assert!(
+        history["preview"]
+            .as_str()
+            .unwrap()
+            .contains("Hello from Ada."),
+        "the history panel shows a version of the Tiptap document: {history}"
+    );
+    assert_eq!(history["editable"], "false", "read-only");
     done(node).await;
 }
 

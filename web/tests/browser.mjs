@@ -160,6 +160,15 @@ const scenarios = {
       sockets: ada.sockets,
       label: await ada.page.textContent('#status')
     })
+    // The history panel previews a version in a read-only Tiptap.
+    await ada.page.click('#history-open')
+    await ada.page.waitForSelector('#versions button.version', { timeout: 10000 })
+    await ada.page.locator('#versions button.version').last().click()
+    await ada.page.waitForFunction(() => (document.querySelector('#preview-custom .tiptap')?.textContent || '').length > 0, null, { timeout: 10000 })
+    step('history', {
+      preview: await ada.page.textContent('#preview-custom .tiptap'),
+      editable: await ada.page.getAttribute('#preview-custom .tiptap', 'contenteditable')
+    })
   },
 
   // PostgreSQL stops: a keystroke shows "Saving…" (never "Saved") until it is back and the edit

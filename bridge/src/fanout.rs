@@ -910,6 +910,85 @@ mod tests {
         assert!(matches!(*lock(&h.kick_reason), Some(Error::TooSlow)));
     }
 
+    /// A room with connections `b/1` and `b/2` and the context to run its events, with a pool
+    /// that is never used (the paths tested here do not touch the database).
+    fn room_with_two() -> (
+        Arc<Room>,
+        Arc<HubCtx>,
+        mpsc::Receiver<Frame>,
+        mpsc::Receiver<Frame>,
+    ) {
+        let target = crate::pgconn::pg_config("postgres://nobody@127.0.0.1:1/none", None, "test")
+            .expect("config");
+        let ctx = Arc::new(HubCtx {
+            pool: crate::pgconn::pool(target, 1).expect("pool"),
+            metrics: Arc::new(Metrics::default()),
+            bridge_origin: "b".into(),
+            awareness_interval: Duration::from_millis(10),
+            catchup_slots: tokio::sync::Semaphore::new(1),
+        });
+        let (h1, rx1) = handle(1 << 20);
+        let (mut h2, rx2) = handle(1 << 20);
+        h2.id = 2;
+        h2.origin = "b/2".into();
+        let (events, _) = mpsc::channel(1);
+        let room = Arc::new(Room {
+            name: "d".into(),
+            conns: Mutex::new(HashMap::from([(1, h1), (2, h2)])),
+            events,
+            catchup: Notify::new(),
+            catchup_backoff: Mutex::new(Backoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+            )),
+            ready: watch::channel(true).1,
+            stop: CancellationToken::new(),
+            awareness: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(HashMap::new()),
+            outbox_ready: Notify::new(),
+            flights: Mutex::new(HashMap::new()),
+            delivered: AtomicI64::new(5),
+        });
+        (room, ctx, rx1, rx2)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Frame>) -> Vec<Bytes> {
+        std::iter::from_fn(|| rx.try_recv().ok().map(|f| f.bytes)).collect()
+    }
+
+    #[tokio::test]
+    async fn committed_updates_are_delivered_after_what_the_room_has_skipping_each_writer() {
+        let (room, ctx, mut rx1, mut rx2) = room_with_two();
+        let ev = |seq_from, parts: &[(&str, u8)]| RoomEvent::Committed {
+            seq_from,
+            parts: parts
+                .iter()
+                .map(|(o, u)| (o.to_string(), vec![*u]))
+                .collect(),
+        };
+        let now = Instant::now();
+        // The room has 5: of 4..=7 only 6 and 7 go out, each to the connection that did not
+        // write it.
+        let last = handle_event(
+            &room,
+            &ctx,
+            5,
+            ev(4, &[("b/1", 4), ("b/1", 5), ("b/1", 6), ("b/2", 7)]),
+            now,
+        )
+        .await;
+        assert_eq!(last, 7);
+        assert_eq!(room.delivered.load(Ordering::Acquire), 7);
+        assert_eq!(drain(&mut rx1), vec![protocol::update(vec![7])]);
+        assert_eq!(drain(&mut rx2), vec![protocol::update(vec![6])]);
+        // Delivered already (its notification came first): nothing again.
+        let last = handle_event(&room, &ctx, last, ev(6, &[("b/1", 6), ("b/2", 7)]), now).await;
+        assert_eq!(last, 7);
+        assert!(drain(&mut rx1).is_empty() && drain(&mut rx2).is_empty());
+        assert_eq!(ctx.metrics.delivered_at_commit.load(Ordering::Relaxed), 2);
+    }
+
     #[test]
     fn one_frame_larger_than_the_budget_passes_an_empty_queue() {
         let m = Metrics::default();

@@ -114,8 +114,9 @@ COMMENT ON FUNCTION set_search_language(text, text) IS
   'set_search_language(doc, config) -> boolean. The text search configuration the document is '
   'indexed in (simple until set). Needs the write right. Whether the document exists.';
 COMMENT ON FUNCTION refresh_search(bigint) IS
-  'refresh_search(lim DEFAULT NULL) -> bigint. Indexes documents that have no searchable text '
-  'yet (written before 0.3.0), at most lim. collab_admin only. How many were indexed.';
+  'refresh_search(lim DEFAULT NULL) -> bigint. Indexes documents whose searchable text is '
+  'missing (written before 0.3.0) or stale (collab.search_lag), at most lim. collab_admin and '
+  'collab_bridge. How many were indexed.';
 COMMENT ON FUNCTION has_access(text, text) IS
   'has_access(doc, level DEFAULT ''read'') -> boolean. Whether the caller may read, write or '
   'admin the document.';
@@ -168,7 +169,7 @@ GRANT EXECUTE ON FUNCTION
 TO collab_admin;
 -- Readers (every document) may join the indexed texts with their own tables.
 GRANT SELECT ON document_texts TO collab_reader;
-GRANT EXECUTE ON FUNCTION notification_keys() TO collab_bridge;
+GRANT EXECUTE ON FUNCTION notification_keys(), refresh_search(bigint) TO collab_bridge;
 -- Administrators may read the rules; they change them with grant_access / revoke_access.
 GRANT SELECT ON access_rules TO collab_admin;
 

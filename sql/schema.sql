@@ -102,24 +102,29 @@ COMMENT ON COLUMN updates.author IS
   'Who made the update: the token subject for bridge writes, collab.author or the SQL role for '
   'SQL edits (NULL: written before 0.3.0).';
 
--- The plain text of every document (all text and XML roots), for full-text search. Written by
--- the same statement that appends to the log (see extension/src/api/search.rs), so it is
--- current at commit; derived data, but dumped so a restore is searchable at once.
+-- The plain text of every document (all text and XML roots), for full-text search, written by
+-- the writes themselves (see extension/src/api/search.rs): current at commit, or within
+-- collab.search_lag. tsv is computed by the writer only when the text changed (a generated
+-- column would be recomputed at every update). Derived data, but dumped so a restore is
+-- searchable at once.
 CREATE TABLE texts (
     doc_id     bigint PRIMARY KEY,
     seq        bigint NOT NULL,
     language   regconfig NOT NULL DEFAULT 'pg_catalog.simple',
     body       text NOT NULL,
-    tsv        tsvector GENERATED ALWAYS AS (pg_catalog.to_tsvector(language, body)) STORED,
+    tsv        tsvector NOT NULL,
     indexed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX texts_tsv ON texts USING gin (tsv);
 
 COMMENT ON TABLE texts IS
   'Plain text of each document (text roots, and the text content of XML roots, at most 256 kB), '
-  'refreshed by every write; tsv is its tsvector in the document''s language. Search with '
-  'collab.search; readers join it through the view collab.document_texts.';
-COMMENT ON COLUMN texts.seq IS 'The log sequence the text was taken at.';
+  'refreshed by the writes (at commit, or within collab.search_lag); tsv is its tsvector in the '
+  'document''s language. Search with collab.search; readers join it through the view '
+  'collab.document_texts.';
+COMMENT ON COLUMN texts.seq IS
+  'The head sequence the text was taken at (below the document''s head_seq: stale, refreshed '
+  'within collab.search_lag).';
 COMMENT ON COLUMN texts.language IS
   'Text search configuration of the document (collab.set_search_language).';
 

@@ -282,6 +282,17 @@ pub async fn text_authors(pool: &Pool, doc: &str, field: &str) -> Result<Vec<Spa
         .collect()
 }
 
+/// How long the search text of documents the lanes write may lag (`collab.search_lag`), and how
+/// often [`refresh_search`] catches up what they left stale.
+pub const SEARCH_LAG: Duration = Duration::from_secs(1);
+
+/// Indexes up to `limit` documents whose search text is stale or missing; how many.
+pub async fn refresh_search(pool: &Pool, limit: i64) -> Result<i64> {
+    let c = client(pool).await?;
+    let st = c.prepare_cached("SELECT collab.refresh_search($1)").await?;
+    Ok(c.query_one(&st, &[&limit]).await?.try_get(0)?)
+}
+
 /// A document matching a search (`collab.search`).
 pub struct Hit {
     pub name: String,

@@ -289,6 +289,27 @@ impl AppState {
             }
         });
     }
+
+    /// #13: every `db::SEARCH_LAG`, indexes the documents whose search text the write lanes
+    /// left stale (`collab.refresh_search`), so search lags writes by about that much at most
+    /// with no job for the DBA to schedule. Several bridges may do it at once: harmless.
+    pub fn spawn_search_refresher(&self) {
+        let pool = self.pool.clone();
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(db::SEARCH_LAG);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = db::refresh_search(&pool, 256).await {
+                    tracing::debug!("search refresh: {e}");
+                }
+            }
+        });
+    }
 }
 
 /// The database password from `--database-password-file` or `COLLAB_DATABASE_PASSWORD`
@@ -495,6 +516,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         tracing::warn!("development mode: fixed token secret, POST /api/dev/login enabled");
     }
     state.spawn_listener();
+    state.spawn_search_refresher();
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

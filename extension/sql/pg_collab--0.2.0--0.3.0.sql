@@ -16,24 +16,29 @@ COMMENT ON COLUMN @extschema@.updates.author IS
   'Who made the update: the token subject for bridge writes, collab.author or the SQL role for '
   'SQL edits (NULL: written before 0.3.0).';
 
--- The plain text of every document (all text and XML roots), for full-text search. Written by
--- the same statement that appends to the log (see extension/src/api/search.rs), so it is
--- current at commit; derived data, but dumped so a restore is searchable at once.
+-- The plain text of every document (all text and XML roots), for full-text search, written by
+-- the writes themselves (see extension/src/api/search.rs): current at commit, or within
+-- collab.search_lag. tsv is computed by the writer only when the text changed (a generated
+-- column would be recomputed at every update). Derived data, but dumped so a restore is
+-- searchable at once.
 CREATE TABLE texts (
     doc_id     bigint PRIMARY KEY,
     seq        bigint NOT NULL,
     language   regconfig NOT NULL DEFAULT 'pg_catalog.simple',
     body       text NOT NULL,
-    tsv        tsvector GENERATED ALWAYS AS (pg_catalog.to_tsvector(language, body)) STORED,
+    tsv        tsvector NOT NULL,
     indexed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX texts_tsv ON texts USING gin (tsv);
 
 COMMENT ON TABLE texts IS
   'Plain text of each document (text roots, and the text content of XML roots, at most 256 kB), '
-  'refreshed by every write; tsv is its tsvector in the document''s language. Search with '
-  'collab.search; readers join it through the view collab.document_texts.';
-COMMENT ON COLUMN texts.seq IS 'The log sequence the text was taken at.';
+  'refreshed by the writes (at commit, or within collab.search_lag); tsv is its tsvector in the '
+  'document''s language. Search with collab.search; readers join it through the view '
+  'collab.document_texts.';
+COMMENT ON COLUMN texts.seq IS
+  'The head sequence the text was taken at (below the document''s head_seq: stale, refreshed '
+  'within collab.search_lag).';
 COMMENT ON COLUMN texts.language IS
   'Text search configuration of the document (collab.set_search_language).';
 
@@ -189,8 +194,9 @@ COMMENT ON FUNCTION set_search_language(text, text) IS
   'set_search_language(doc, config) -> boolean. The text search configuration the document is '
   'indexed in (simple until set). Needs the write right. Whether the document exists.';
 COMMENT ON FUNCTION refresh_search(bigint) IS
-  'refresh_search(lim DEFAULT NULL) -> bigint. Indexes documents that have no searchable text '
-  'yet (written before 0.3.0), at most lim. collab_admin only. How many were indexed.';
+  'refresh_search(lim DEFAULT NULL) -> bigint. Indexes documents whose searchable text is '
+  'missing (written before 0.3.0) or stale (collab.search_lag), at most lim. collab_admin and '
+  'collab_bridge. How many were indexed.';
 
 -- Nothing for PUBLIC (functions are executable by PUBLIC when created).
 REVOKE ALL ON texts, document_texts FROM PUBLIC;
@@ -205,7 +211,7 @@ GRANT EXECUTE ON FUNCTION
     undo_author(text, text, bigint, bigint, text), history(text, bigint),
     text_authors(text, text), search(text, text, integer), set_search_language(text, text)
 TO collab_user;
-GRANT EXECUTE ON FUNCTION refresh_search(bigint) TO collab_admin;
+GRANT EXECUTE ON FUNCTION refresh_search(bigint) TO collab_admin, collab_bridge;
 GRANT SELECT ON document_texts TO collab_reader;
 
 -- Documents written before 0.3.0 become searchable now (one decode of each document).

@@ -101,14 +101,16 @@ pub fn chunks(doc: &Doc, doc_name: &str, field: &str, nesting: u32) -> Result<Ve
         Ok(diff
             .into_iter()
             .filter_map(|d| match (d.insert, d.ychange) {
-                (Out::Any(Any::String(s)), Some(YChange { kind, id }))
-                    if kind == ChangeKind::Added =>
-                {
-                    Some(Chunk {
+                (
+                    Out::Any(Any::String(s)),
+                    Some(YChange {
+                        kind: ChangeKind::Added,
                         id,
-                        text: s.to_string(),
-                    })
-                }
+                    }),
+                ) => Some(Chunk {
+                    id,
+                    text: s.to_string(),
+                }),
                 _ => None,
             })
             .collect())
@@ -195,6 +197,7 @@ pub fn delete_ranges(doc: &Doc, field: &str, ranges: &[(u32, u32)]) -> Result<Op
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;

@@ -16,11 +16,26 @@ pub static MAX_NESTING: GucSetting<i32> = GucSetting::<i32>::new(512);
 pub const MAX_NESTING_CEILING: i32 = 4096;
 /// Per-backend budget of the document cache, in kB (64 MB).
 pub static CACHE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// Milliseconds a document's search text may lag behind its writes (0: refreshed at every
+/// write, so current at commit). The bridge's write lanes set 1000 (see api/search.rs).
+pub static SEARCH_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// The author an application records for its SQL edits (empty: the SQL role's name).
 pub static AUTHOR: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
 pub fn register() {
+    GucRegistry::define_int_guc(
+        c"collab.search_lag",
+        c"How long a document's searchable text may lag behind this session's writes.",
+        c"0: every write refreshes it (current at commit). Otherwise a write refreshes it only if \
+this backend has not done so within the lag; what is left stale is refreshed by the next write \
+after the lag or by collab.refresh_search() (which collab-bridge calls every second).",
+        &SEARCH_LAG_MS,
+        0,
+        60_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_string_guc(
         c"collab.author",
         c"Author recorded with this session's writes (empty: the SQL role).",
@@ -103,6 +118,10 @@ pub fn author() -> Option<String> {
         .get()
         .map(|c| c.to_string_lossy().into_owned())
         .filter(|a| !a.is_empty())
+}
+
+pub fn search_lag() -> std::time::Duration {
+    std::time::Duration::from_millis(SEARCH_LAG_MS.get().max(0) as u64)
 }
 
 pub fn max_nesting() -> u32 {

@@ -29,6 +29,8 @@ pub(crate) use collab_scan as scan;
 mod fuzz;
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests_data;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -98,6 +98,7 @@ pub fn of(doc: &Doc) -> Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use yrs::{Map, WriteTxn, XmlElementPrelim, XmlTextPrelim};

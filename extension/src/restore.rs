@@ -378,6 +378,7 @@ pub fn restore(cur: &Doc, old: &Doc, doc_name: &str) -> Result<Option<Vec<u8>>> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;

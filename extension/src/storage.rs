@@ -353,16 +353,20 @@ pub fn append(
     Ok(seq_to)
 }
 
-/// Stores `body` as the searchable text of `row` at its head. The row is only rewritten when the
-/// text changed (its tsvector is recomputed on every rewrite), so edits of maps or formatting
-/// cost one comparison.
+/// Stores `body` as the searchable text of `row` at its head. The text and its tsvector are
+/// only rewritten when the text changed (an edit of a map or of formatting costs a comparison
+/// and a HOT update of `seq`); `seq` always records the head it was taken at, so text left
+/// stale by `collab.search_lag` is found by `seq < head_seq`.
 pub fn save_text(row: &DocRow, body: &str) -> Result<()> {
     Spi::connect_mut(|client| {
         run(
             client,
-            "INSERT INTO collab.texts AS t (doc_id, seq, body) VALUES ($1, $2, $3) \
-             ON CONFLICT (doc_id) DO UPDATE SET seq = EXCLUDED.seq, body = EXCLUDED.body, \
-             indexed_at = now() WHERE t.body IS DISTINCT FROM EXCLUDED.body",
+            "INSERT INTO collab.texts AS t (doc_id, seq, body, tsv) \
+             VALUES ($1, $2, $3, pg_catalog.to_tsvector('pg_catalog.simple', $3)) \
+             ON CONFLICT (doc_id) DO UPDATE SET seq = EXCLUDED.seq, indexed_at = now(), \
+               body = CASE WHEN t.body = EXCLUDED.body THEN t.body ELSE EXCLUDED.body END, \
+               tsv = CASE WHEN t.body = EXCLUDED.body THEN t.tsv \
+                          ELSE pg_catalog.to_tsvector(t.language, EXCLUDED.body) END",
             &[INT8, INT8, TEXT],
             &[row.id.into(), row.head_seq.into(), body.into()],
         )?;

@@ -177,7 +177,7 @@ fn write_unchecked(
     entry.seq = seq;
     storage::maybe_compact(&mut row, &entry)?;
     // The searchable text follows every write, in the same transaction (see search.rs).
-    let indexed = search::refresh(&row, &entry.doc);
+    let indexed = search::after_write(&row, &entry.doc);
     cache::put(entry);
     indexed?;
     Ok(seq)

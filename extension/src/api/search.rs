@@ -1,9 +1,17 @@
 //! Full-text search over the documents' plain text (`collab.texts`, GIN-indexed tsvector).
 //!
-//! Freshness: every write takes the document's plain text (it is decoded and in the cache at
-//! that moment) and stores it in the same transaction, so the index is current at commit for
-//! every document; the row is rewritten only when the text changed. Documents written before
-//! 0.3.0 are indexed by `collab.refresh_search()`, which the upgrade script runs once.
+//! Freshness: a write takes the document's plain text (the document is decoded and in the cache
+//! at that moment) and stores it in the same transaction, so by default the index is current
+//! at commit. Re-indexing costs about one `to_tsvector` of the document and a GIN insertion of
+//! its words per write, so a session that writes a lot (collab-bridge's lanes) sets
+//! `collab.search_lag`: a document this backend indexed less than that long ago is left stale
+//! (`texts.seq < head_seq`); the next write after the lag, or `collab.refresh_search()` (the
+//! bridge calls it every second, no cron needed), brings it up to date. Documents written
+//! before 0.3.0 are indexed by `collab.refresh_search()`, which the upgrade script runs once.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Instant;
 
 use pgrx::prelude::*;
 
@@ -11,7 +19,7 @@ use super::{doc_name, guarded};
 use crate::error::{required, CollabError, OrRaise, Result};
 use crate::rights::{self, Right};
 use crate::storage::{self, DocRow};
-use crate::{cache, plaintext};
+use crate::{cache, guc, plaintext};
 
 fn spi_err(e: pgrx::spi::SpiError) -> CollabError {
     CollabError::Internal(format!("SPI: {e}"))
@@ -21,6 +29,42 @@ fn spi_err(e: pgrx::spi::SpiError) -> CollabError {
 pub(super) fn refresh(row: &DocRow, doc: &yrs::Doc) -> Result<()> {
     let body = plaintext::of(doc)?;
     storage::save_text(row, &body)
+}
+
+thread_local! {
+    /// When this backend last indexed each document (for `collab.search_lag`). A rolled-back
+    /// refresh may leave an entry: that document is then stale for at most the lag, and found
+    /// by `collab.refresh_search()` like any other.
+    static INDEXED: RefCell<HashMap<i64, Instant>> = RefCell::new(HashMap::new());
+}
+
+/// Most documents remembered in `INDEXED` before it is cleared (bounds its memory).
+const MAX_REMEMBERED: usize = 65_536;
+
+/// After a write of `row`: its text indexed now, or left for later under `collab.search_lag`.
+pub(super) fn after_write(row: &DocRow, doc: &yrs::Doc) -> Result<()> {
+    let lag = guc::search_lag();
+    let now = Instant::now();
+    if !lag.is_zero()
+        && INDEXED.with(|m| {
+            m.borrow()
+                .get(&row.id)
+                .is_some_and(|t| now.duration_since(*t) < lag)
+        })
+    {
+        return Ok(());
+    }
+    refresh(row, doc)?;
+    if !lag.is_zero() {
+        INDEXED.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= MAX_REMEMBERED {
+                m.clear();
+            }
+            m.insert(row.id, now);
+        });
+    }
+    Ok(())
 }
 
 /// Most results one search returns.
@@ -146,7 +190,8 @@ fn set_search_language(doc: Option<&str>, config: Option<&str>) -> bool {
         guarded(name, Right::Write, || {
             Spi::connect_mut(|c| {
                 let t = c.update(
-                    "UPDATE collab.texts t SET language = $2::regconfig, indexed_at = now() \
+                    "UPDATE collab.texts t SET language = $2::regconfig, indexed_at = now(), \
+                            tsv = pg_catalog.to_tsvector($2::regconfig, t.body) \
                      FROM collab.documents d \
                      WHERE d.id = t.doc_id AND d.name = $1 AND d.deleted_at IS NULL \
                      RETURNING t.doc_id",
@@ -161,9 +206,10 @@ fn set_search_language(doc: Option<&str>, config: Option<&str>) -> bool {
     .or_raise()
 }
 
-/// Indexes the documents that have no searchable text yet (written before 0.3.0, or restored
-/// from such a dump), at most `lim` of them (NULL: all). Admin only (collab_admin). Returns how
-/// many were indexed.
+/// Indexes the documents whose searchable text is missing (written before 0.3.0, or restored
+/// from such a dump) or stale (left by a writer's `collab.search_lag`), least recently edited
+/// first, at most `lim` of them (NULL: all). For collab_admin and collab_bridge (which calls it
+/// every second). Returns how many were indexed.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
@@ -178,9 +224,10 @@ fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
             Spi::connect(|c| {
                 let t = c.select(
                     "SELECT d.name FROM collab.documents d \
+                     LEFT JOIN collab.texts t ON t.doc_id = d.id \
                      WHERE d.deleted_at IS NULL AND d.head_seq > 0 \
-                       AND NOT EXISTS (SELECT FROM collab.texts t WHERE t.doc_id = d.id) \
-                     ORDER BY d.id LIMIT $1",
+                       AND (t.seq IS NULL OR t.seq < d.head_seq) \
+                     ORDER BY d.updated_at LIMIT $1",
                     None,
                     &[lim.into()],
                 )?;
@@ -195,9 +242,13 @@ fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
         let mut done = 0;
         for name in names {
             pgrx::check_for_interrupts!();
-            guarded(&name, Right::Admin, || {
-                let Some(row) = storage::find(&name)? else {
-                    return Ok(());
+            // The caller's role was checked by EXECUTE (collab_admin, collab_bridge); the
+            // document may have been deleted since the list was read.
+            rights::as_owner(|| {
+                let row = match storage::find(&name) {
+                    Ok(Some(row)) => row,
+                    Ok(None) | Err(CollabError::Deleted(_)) => return Ok(()),
+                    Err(e) => return Err(e),
                 };
                 let entry = storage::open(&row)?;
                 let indexed = refresh(&row, &entry.doc);

@@ -626,7 +626,10 @@ async fn run_room(
     ready: watch::Sender<bool>,
     ctx: Arc<HubCtx>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    // At most 1 s between attempts to open the room (#14): after a failover the clients that
+    // reconnected wait for this, and with 5 s they waited up to 5 s after the new primary was
+    // up. A few rooms retrying every second cost a recovering server nothing.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     let mut last = loop {
         let attempt = tokio::select! {
             _ = room.stop.cancelled() => return,

@@ -924,7 +924,14 @@ mod tests {
         let target = crate::pgconn::pg_config("postgres://nobody@127.0.0.1:1/none", None, "test")
             .expect("config");
         let ctx = Arc::new(HubCtx {
-            pool: crate::pgconn::pool(target, 1).expect("pool"),
+            shards: Arc::new(
+                crate::shards::Shards::new(vec![crate::shards::Shard {
+                    pool: crate::pgconn::pool(target.clone(), 1).expect("pool"),
+                    replica: None,
+                    listener: target,
+                }])
+                .expect("shards"),
+            ),
             metrics: Arc::new(Metrics::default()),
             bridge_origin: "b".into(),
             awareness_interval: Duration::from_millis(10),

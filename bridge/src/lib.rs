@@ -273,15 +273,18 @@ impl AppState {
             };
             self.tracker.spawn(listener.run());
         }
-        // `listener_alive` (healthz) is true while every shard listens.
-        let (all, each, cancel) = (
+        // `listener_alive` (healthz) and the `listener_up` gauge are 1 while every shard listens.
+        let (all, each, cancel, metrics) = (
             self.listener_alive.clone(),
             self.shard_listening.clone(),
             self.cancel.clone(),
+            self.metrics.clone(),
         );
         self.tracker.spawn(async move {
             loop {
-                all.store(each.iter().all(|a| a.load(Relaxed)), Relaxed);
+                let up = each.iter().all(|a| a.load(Relaxed));
+                all.store(up, Relaxed);
+                metrics.listener_up.store(u64::from(up), Relaxed);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -98,8 +98,8 @@ impl Listener {
         let mut connected_before = false;
         loop {
             let result = self.session(&mut backoff, &mut connected_before).await;
+            // `collab_bridge_listener_up` follows `alive` of every shard's listener (lib.rs).
             self.alive.store(false, Relaxed);
-            self.metrics.listener_up.store(0, Relaxed);
             match result {
                 Ok(()) => return,
                 Err(e) => tracing::warn!("listener connection lost: {e}"),
@@ -150,7 +150,6 @@ impl Listener {
         let mut trust = fetch_trust(&client).await?;
         tracing::info!("listening on channel {CHANNEL}");
         self.alive.store(true, Relaxed);
-        self.metrics.listener_up.store(1, Relaxed);
         if *connected_before {
             self.metrics.listener_reconnects.fetch_add(1, Relaxed);
         }

@@ -219,6 +219,20 @@ async fn one_bridge_serves_two_shards_and_a_lost_shard_takes_only_its_documents(
         .map(|d| d["name"].as_str().unwrap().to_string())
         .collect();
     assert!(names.contains(&d0) && !names.contains(&d1), "{names:?}");
+    // The bridge says a shard is missing: the gauge is down and /healthz answers 503.
+    let mut down = false;
+    for _ in 0..100 {
+        if bridge.metric("collab_bridge_listener_up").await == 0.0 {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(down, "collab_bridge_listener_up is 0 while shard 1 is down");
+    let health = http(bridge.addr, "GET", "/healthz", &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(health.status, 503);
     println!(
         "SQL edit through the proxy to a client on shard 0, median of 5: {before} ms with both \
          shards up, {after} ms with shard 1 down"

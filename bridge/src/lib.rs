@@ -297,7 +297,8 @@ impl AppState {
     /// left stale (`collab.refresh_search`), so search lags writes by about that much at most
     /// with no job for the DBA to schedule. Several bridges may do it at once: harmless.
     pub fn spawn_search_refresher(&self) {
-        let pool = self.pool.clone();
+        // Every shard's lanes leave their own documents stale.
+        let pools: Vec<Pool> = self.shards.all().iter().map(|s| s.pool.clone()).collect();
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
             let mut tick = tokio::time::interval(db::SEARCH_LAG);
@@ -307,8 +308,10 @@ impl AppState {
                     _ = cancel.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = db::refresh_search(&pool, 256).await {
-                    tracing::debug!("search refresh: {e}");
+                for (i, pool) in pools.iter().enumerate() {
+                    if let Err(e) = db::refresh_search(pool, 256).await {
+                        tracing::debug!(shard = i, "search refresh: {e}");
+                    }
                 }
             }
         });

@@ -168,6 +168,37 @@ async fn one_bridge_serves_two_shards_and_a_lost_shard_takes_only_its_documents(
         .unwrap()
         .get(0);
     assert_eq!(via_proxy, 2);
+    // Search gathers both shards too (SQL writes are indexed at commit), through the proxy and
+    // through the bridge.
+    let found: Vec<String> = db
+        .query("SELECT name FROM collab.search('sql') ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .filter(|n: &String| *n == d0 || *n == d1)
+        .collect();
+    assert_eq!(found.len(), 2, "search through the proxy: {found:?}");
+    let hits = http(
+        bridge.addr,
+        "GET",
+        &format!("/api/search?q=sql&token={}", writer_token()),
+        &[],
+        &[],
+    )
+    .await
+    .unwrap()
+    .json();
+    let hit_names: Vec<&str> = hits["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        hit_names.contains(&d0.as_str()) && hit_names.contains(&d1.as_str()),
+        "search through the bridge: {hit_names:?}"
+    );
 
     let before = sql_to_client_ms(&mut node, &proxy, &d0, "before-").await;
 

@@ -146,6 +146,69 @@ COMMENT ON FUNCTION collab.recreate_document(text) IS 'collab.recreate_document 
 REVOKE ALL ON FUNCTION collab.recreate_document(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION collab.recreate_document(text) TO collab_admin;
 
+-- Issue #13's calls (extension 0.3.0): restore, attribution, and search gathered like the list.
+CREATE OR REPLACE FUNCTION collab.apply_updates(doc text, updates bytea[], origin text, authors text[]) RETURNS bigint
+    LANGUAGE plproxy AS $$ CLUSTER 'collab_shards'; RUN ON collab.shard_hash(doc); $$;
+COMMENT ON FUNCTION collab.apply_updates(text, bytea[], text, text[]) IS 'collab.apply_updates with one author per update, on the shard that owns doc';
+REVOKE ALL ON FUNCTION collab.apply_updates(text, bytea[], text, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.apply_updates(text, bytea[], text, text[]) TO collab_writer;
+
+CREATE OR REPLACE FUNCTION collab.restore(doc text, seq bigint) RETURNS bigint
+    LANGUAGE plproxy AS $$ CLUSTER 'collab_shards'; RUN ON collab.shard_hash(doc); $$;
+COMMENT ON FUNCTION collab.restore(text, bigint) IS 'collab.restore on the shard that owns doc';
+REVOKE ALL ON FUNCTION collab.restore(text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.restore(text, bigint) TO collab_writer;
+
+CREATE OR REPLACE FUNCTION collab.undo_author(doc text, author text, after bigint, upto bigint DEFAULT NULL, field text DEFAULT 'content') RETURNS bigint
+    LANGUAGE plproxy AS $$ CLUSTER 'collab_shards'; RUN ON collab.shard_hash(doc); $$;
+COMMENT ON FUNCTION collab.undo_author(text, text, bigint, bigint, text) IS 'collab.undo_author on the shard that owns doc';
+REVOKE ALL ON FUNCTION collab.undo_author(text, text, bigint, bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.undo_author(text, text, bigint, bigint, text) TO collab_writer;
+
+CREATE OR REPLACE FUNCTION collab.history(doc text, after bigint DEFAULT 0)
+    RETURNS TABLE(seq bigint, author text, origin text, created_at timestamptz, bytes bigint)
+    LANGUAGE plproxy AS $$ CLUSTER 'collab_shards'; RUN ON collab.shard_hash(doc); $$;
+COMMENT ON FUNCTION collab.history(text, bigint) IS 'collab.history on the shard that owns doc';
+REVOKE ALL ON FUNCTION collab.history(text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.history(text, bigint) TO collab_reader;
+
+CREATE OR REPLACE FUNCTION collab.text_authors(doc text, field text DEFAULT 'content')
+    RETURNS TABLE("position" bigint, length bigint, author text, text text)
+    LANGUAGE plproxy AS $$ CLUSTER 'collab_shards'; RUN ON collab.shard_hash(doc); $$;
+COMMENT ON FUNCTION collab.text_authors(text, text) IS 'collab.text_authors on the shard that owns doc';
+REVOKE ALL ON FUNCTION collab.text_authors(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.text_authors(text, text) TO collab_reader;
+
+CREATE OR REPLACE FUNCTION collab.set_search_language(doc text, config text) RETURNS boolean
+    LANGUAGE plproxy AS $$ CLUSTER 'collab_shards'; RUN ON collab.shard_hash(doc); $$;
+COMMENT ON FUNCTION collab.set_search_language(text, text) IS 'collab.set_search_language on the shard that owns doc';
+REVOKE ALL ON FUNCTION collab.set_search_language(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.set_search_language(text, text) TO collab_writer;
+
+-- Search: every shard's best `lim` (each checks the caller's read rights), then the best `lim`
+-- of them all. Ranks are comparable across shards: ts_rank depends on the document and the
+-- query only, not on the rest of the corpus.
+CREATE OR REPLACE FUNCTION collab.search_on_shards(query text, config text, lim integer)
+    RETURNS TABLE(name text, rank real, snippet text, seq bigint)
+    LANGUAGE plproxy AS $$ CLUSTER 'collab_shards'; RUN ON ALL; SELECT * FROM collab.search(query, config, lim); $$;
+COMMENT ON FUNCTION collab.search_on_shards(text, text, integer) IS
+    'collab.search(query, config, lim) of every shard, unsorted (collab.search sorts and limits it)';
+REVOKE ALL ON FUNCTION collab.search_on_shards(text, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.search_on_shards(text, text, integer) TO collab_reader;
+
+CREATE OR REPLACE FUNCTION collab.search(query text, config text DEFAULT 'simple', lim integer DEFAULT 20)
+    RETURNS TABLE(name text, rank real, snippet text, seq bigint)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    BEGIN ATOMIC
+        SELECT s.name, s.rank, s.snippet, s.seq FROM collab.search_on_shards(query, config, lim) s
+        ORDER BY s.rank DESC, s.name LIMIT lim;
+    END;
+COMMENT ON FUNCTION collab.search(text, text, integer) IS
+    'full-text search over the documents of every shard the caller may read, best first';
+REVOKE ALL ON FUNCTION collab.search(text, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION collab.search(text, text, integer) TO collab_reader;
+
 -- The document list: every shard's newest `lim`, then the newest `lim` of them all.
 CREATE OR REPLACE FUNCTION collab.list_documents_on_shards(lim bigint)
     RETURNS TABLE(name text, head_seq bigint, updated_at timestamptz)

@@ -286,11 +286,23 @@ pub async fn text_authors(pool: &Pool, doc: &str, field: &str) -> Result<Vec<Spa
 /// often [`refresh_search`] catches up what they left stale.
 pub const SEARCH_LAG: Duration = Duration::from_secs(1);
 
-/// Indexes up to `limit` documents whose search text is stale or missing; how many.
+/// Indexes up to `limit` documents whose search text is stale or missing and that nobody wrote
+/// for [`SEARCH_LAG`] (the lanes re-index the ones still written); how many. Small calls, each
+/// its own transaction: a writer that meets a document being indexed waits for one call only.
 pub async fn refresh_search(pool: &Pool, limit: i64) -> Result<i64> {
-    let c = client(pool).await?;
-    let st = c.prepare_cached("SELECT collab.refresh_search($1)").await?;
-    Ok(c.query_one(&st, &[&limit]).await?.try_get(0)?)
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL collab.search_lag = {}",
+        SEARCH_LAG.as_millis()
+    ))
+    .await?;
+    let st = tx
+        .prepare_cached("SELECT collab.refresh_search($1)")
+        .await?;
+    let n = tx.query_one(&st, &[&limit]).await?.try_get(0)?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// A document matching a search (`collab.search`).

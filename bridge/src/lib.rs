@@ -309,8 +309,16 @@ impl AppState {
                     _ = tick.tick() => {}
                 }
                 for (i, pool) in pools.iter().enumerate() {
-                    if let Err(e) = db::refresh_search(pool, 256).await {
-                        tracing::debug!(shard = i, "search refresh: {e}");
+                    // At most 256 documents a tick, 16 per transaction.
+                    for _ in 0..16 {
+                        match db::refresh_search(pool, 16).await {
+                            Ok(16) => continue,
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::debug!(shard = i, "search refresh: {e}");
+                                break;
+                            }
+                        }
                     }
                 }
             }

@@ -208,8 +208,10 @@ fn set_search_language(doc: Option<&str>, config: Option<&str>) -> bool {
 
 /// Indexes the documents whose searchable text is missing (written before 0.3.0, or restored
 /// from such a dump) or stale (left by a writer's `collab.search_lag`), least recently edited
-/// first, at most `lim` of them (NULL: all). For collab_admin and collab_bridge (which calls it
-/// every second). Returns how many were indexed.
+/// first, at most `lim` of them (NULL: all). Under a `collab.search_lag` of the caller, only
+/// documents nobody wrote for that long (those still written are re-indexed by their writers).
+/// For collab_admin and collab_bridge (which calls it every second with the lanes' lag).
+/// Returns how many were indexed.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
@@ -222,14 +224,19 @@ fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
         }
         let names: Vec<String> = rights::as_owner(|| {
             Spi::connect(|c| {
+                // Under a `collab.search_lag`, only documents idle for that long: a document
+                // still being written is re-indexed by its writers, and taking it here would
+                // load it into this backend and hold its text row while writers wait for it.
+                let idle_secs = guc::search_lag().as_secs_f64();
                 let t = c.select(
                     "SELECT d.name FROM collab.documents d \
                      LEFT JOIN collab.texts t ON t.doc_id = d.id \
                      WHERE d.deleted_at IS NULL AND d.head_seq > 0 \
                        AND (t.seq IS NULL OR t.seq < d.head_seq) \
+                       AND d.updated_at <= now() - make_interval(secs => $2) \
                      ORDER BY d.updated_at LIMIT $1",
                     None,
-                    &[lim.into()],
+                    &[lim.into(), idle_secs.into()],
                 )?;
                 let mut out = Vec::new();
                 for r in t {

@@ -65,6 +65,16 @@ SELECT * FROM collab.search('cats');
 \echo :LAST_ERROR_SQLSTATE
 \c - dba
 SELECT collab.refresh_search();
+-- Under a search lag the second write leaves the text stale, and refresh_search with the same
+-- lag leaves a document written within it to its writers; without a lag it indexes it.
+SET collab.search_lag = 60000;
+SELECT collab.set_text('lagged', 'content', 'first words') > 0 AS written;
+SELECT collab.set_text('lagged', 'content', 'second zebra') > 0 AS written;
+SELECT count(*) AS zebras FROM collab.search('zebra');
+SELECT collab.refresh_search();
+SET collab.search_lag = 0;
+SELECT collab.refresh_search();
+SELECT name FROM collab.search('zebra');
 \c - app
 SELECT collab.refresh_search();
 \echo :LAST_ERROR_SQLSTATE

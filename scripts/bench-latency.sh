@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Light-load latency of issue #15, side by side in one run: collab-bridge (durable: every update
 # committed to PostgreSQL with fsync before anyone gets it) against the npm y-websocket 1.5.4
-# reference server and @hocuspocus/server 4.7 with its provider (both in memory; bench/js),
+# reference server and @hocuspocus/server 4.7 with its provider (both in memory; bench/js), and
+# the bridge's own /hocuspocus endpoint with the same provider,
 # with stock Yjs clients (bench/js/propagation.mjs, in PROCS
 # Node.js processes) and with the Rust load generator, at the loads of the issue. Each bridge run
 # also prints where the time went in the bridge (queue for the lane, write transaction, commit →
@@ -99,6 +100,10 @@ for round in $(seq "$rounds"); do
                 sleep 2
                 printf 'round %s node(%s procs) %s x %s @ %s/s hocuspocus:    ' "$round" "$procs" "$d" "$m" "$r"
                 PROVIDER=hocuspocus node_run "ws://127.0.0.1:$hport" - "$d" "$m" "$r"
+                sleep 2
+                # The bridge's own Hocuspocus endpoint, with the same provider clients.
+                printf 'round %s node(%s procs) %s x %s @ %s/s bridge-hocuspocus: ' "$round" "$procs" "$d" "$m" "$r"
+                PROVIDER=hocuspocus node_run "ws://127.0.0.1:$bport/hocuspocus" "$token" "$d" "$m" "$r"
                 ;;
             rust)
                 printf 'round %s rust %s x %s @ %s/s reference:     ' "$round" "$d" "$m" "$r"

@@ -99,6 +99,9 @@ pub struct LaneConfig {
     pub cache_documents: u32,
     /// `lock_timeout` of each lane's transactions.
     pub lock_timeout: Duration,
+    /// `collab.search_lag` of each lane's backend (#13: a document is re-indexed for search at
+    /// most that often per lane, not at every group commit).
+    pub search_lag: Duration,
 }
 
 #[derive(Clone)]
@@ -122,14 +125,12 @@ impl Batcher {
                 metrics,
                 lag,
                 mixed_origin: format!("{bridge_id}/*"),
-                // #13: search text may lag the lanes' writes by db::SEARCH_LAG (each document is
-                // re-indexed at most that often per lane, not at every group commit).
                 setup: format!(
                     "SET collab.cache_documents = {}; SET lock_timeout = {}; \
                      SET collab.search_lag = {}",
                     lanes.cache_documents,
                     lanes.lock_timeout.as_millis(),
-                    db::SEARCH_LAG.as_millis()
+                    lanes.search_lag.as_millis()
                 ),
                 lanes: (0..lanes.lanes.max(1)).map(|_| Mutex::default()).collect(),
                 tracker,

@@ -190,6 +190,13 @@ pub struct Config {
     #[arg(long, env = "COLLAB_WRITE_LOCK_TIMEOUT_MS", default_value_t = 500)]
     pub write_lock_timeout_ms: u64,
 
+    /// How long the search text of documents the write lanes write may lag, in milliseconds
+    /// (`collab.search_lag` of the lanes; the bridge also indexes what they left stale this
+    /// often). Longer costs less at high write rates; 1 to 60000.
+    #[arg(long, env = "COLLAB_SEARCH_LAG_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub search_lag_ms: u64,
+
     /// `idle_in_transaction_session_timeout` of every database connection, in milliseconds.
     #[arg(
         long,
@@ -306,6 +313,11 @@ pub fn read_secret_file(path: &std::path::Path, what: &str) -> Result<String, St
 }
 
 impl Config {
+    /// `--search-lag-ms` as a duration.
+    pub fn search_lag(&self) -> Duration {
+        Duration::from_millis(self.search_lag_ms)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }

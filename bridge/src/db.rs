@@ -282,19 +282,15 @@ pub async fn text_authors(pool: &Pool, doc: &str, field: &str) -> Result<Vec<Spa
         .collect()
 }
 
-/// How long the search text of documents the lanes write may lag (`collab.search_lag`), and how
-/// often [`refresh_search`] catches up what they left stale.
-pub const SEARCH_LAG: Duration = Duration::from_secs(1);
-
 /// Indexes up to `limit` documents whose search text is stale or missing and that nobody wrote
-/// for [`SEARCH_LAG`] (the lanes re-index the ones still written); how many. Small calls, each
+/// for `lag` (`--search-lag-ms`: the lanes re-index the ones still written); how many. Small calls, each
 /// its own transaction: a writer that meets a document being indexed waits for one call only.
-pub async fn refresh_search(pool: &Pool, limit: i64) -> Result<i64> {
+pub async fn refresh_search(pool: &Pool, limit: i64, lag: Duration) -> Result<i64> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await?;
     tx.batch_execute(&format!(
         "SET LOCAL collab.search_lag = {}",
-        SEARCH_LAG.as_millis()
+        lag.as_millis()
     ))
     .await?;
     let st = tx

@@ -185,6 +185,7 @@ impl AppState {
                         lanes: cfg.write_lanes,
                         cache_documents: cfg.write_cache_documents,
                         lock_timeout: Duration::from_millis(cfg.write_lock_timeout_ms.max(1)),
+                        search_lag: cfg.search_lag(),
                     },
                     metrics.clone(),
                     lag.clone(),
@@ -293,15 +294,16 @@ impl AppState {
         });
     }
 
-    /// #13: every `db::SEARCH_LAG`, indexes the documents whose search text the write lanes
+    /// #13: every `--search-lag-ms`, indexes the documents whose search text the write lanes
     /// left stale (`collab.refresh_search`), so search lags writes by about that much at most
     /// with no job for the DBA to schedule. Several bridges may do it at once: harmless.
     pub fn spawn_search_refresher(&self) {
         // Every shard's lanes leave their own documents stale.
         let pools: Vec<Pool> = self.shards.all().iter().map(|s| s.pool.clone()).collect();
+        let lag = self.cfg.search_lag();
         let cancel = self.cancel.clone();
         self.tracker.spawn(async move {
-            let mut tick = tokio::time::interval(db::SEARCH_LAG);
+            let mut tick = tokio::time::interval(lag);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -311,7 +313,7 @@ impl AppState {
                 for (i, pool) in pools.iter().enumerate() {
                     // At most 256 documents a tick, 16 per transaction.
                     for _ in 0..16 {
-                        match db::refresh_search(pool, 16).await {
+                        match db::refresh_search(pool, 16, lag).await {
                             Ok(16) => continue,
                             Ok(_) => break,
                             Err(e) => {

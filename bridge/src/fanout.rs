@@ -730,16 +730,24 @@ async fn handle_event(
 /// `deleted` notification lost: then the log ends before what the room delivered, and the
 /// clients hold a document that is gone (closed; the room starts again from 0).
 async fn already_delivered(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64, seq_from: i64) -> i64 {
-    if seq_from == 1 {
-        if let Ok(head) = db::head_seq(ctx.shards.pool_for(&room.name), &room.name).await {
-            if head < last {
-                tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
-                room.kick_all(Error::Deleted);
-                return 0;
-            }
-        }
+    if seq_from == 1 && closed_if_log_ends_before(room, ctx, last).await {
+        return 0;
     }
     last
+}
+
+/// A log that ends before what this room delivered means that the document was deleted (and
+/// maybe written anew) and its `deleted` notification was lost (a listener outage): the clients
+/// hold a document that is gone, so they are closed. Whether they were.
+async fn closed_if_log_ends_before(room: &Arc<Room>, ctx: &Arc<HubCtx>, last: i64) -> bool {
+    match db::head_seq(ctx.shards.pool_for(&room.name), &room.name).await {
+        Ok(head) if head < last => {
+            tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
+            room.kick_all(Error::Deleted);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Catch-ups of more rows than this are sent as one merged update, so that a long listener
@@ -792,17 +800,9 @@ async fn catch_up_page(
                 .into_iter()
                 .filter(|r| r.seq > last || r.origin.as_deref() == Some("checkpoint"))
                 .collect();
-            if rows.is_empty() && last > 0 {
-                // Nothing new. A log that ends before what this room delivered means that the
-                // document was deleted (and maybe written anew) and the `deleted` notification
-                // was lost (a listener outage): the clients hold a document that is gone.
-                if let Ok(head) = db::head_seq(ctx.shards.pool_for(&room.name), &room.name).await {
-                    if head < last {
-                        tracing::info!(doc = %room.name, head, last, "document was deleted meanwhile");
-                        room.kick_all(Error::Deleted);
-                        return Ok((0, false));
-                    }
-                }
+            // Nothing new: perhaps because the document is gone.
+            if rows.is_empty() && last > 0 && closed_if_log_ends_before(room, ctx, last).await {
+                return Ok((0, false));
             }
             let new_last = rows.iter().map(|r| r.seq).fold(last, i64::max);
             // Before delivering (see `Room::delivered`); the rows are committed, so any read

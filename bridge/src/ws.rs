@@ -286,12 +286,38 @@ pub(crate) fn secs_until(unix: u64) -> Duration {
     Duration::from_secs(unix.saturating_sub(now_secs()).min(366 * 24 * 3600))
 }
 
-pub(crate) fn read_error(e: tokio_tungstenite::tungstenite::Error) -> Option<Error> {
+fn read_error(e: tokio_tungstenite::tungstenite::Error) -> Option<Error> {
     use tokio_tungstenite::tungstenite::Error as WsError;
     match e {
         WsError::Capacity(e) => Some(Error::TooLarge(e.to_string())),
         WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
         other => Some(Error::Malformed(other.to_string())),
+    }
+}
+
+/// What one read from a client's socket means to either endpoint.
+pub(crate) enum Read {
+    /// A binary message: a protocol frame.
+    Frame(Bytes),
+    /// Nothing to do (ping, pong).
+    Skip,
+    /// The connection ends: why (None: the client left).
+    End(Option<Error>),
+}
+
+/// Sorts one read from the socket; `protocol` names what text frames are not.
+pub(crate) fn read(
+    msg: Option<std::result::Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    protocol: &str,
+) -> Read {
+    match msg {
+        None | Some(Ok(Message::Close(_))) => Read::End(None),
+        Some(Err(e)) => Read::End(read_error(e)),
+        Some(Ok(Message::Binary(frame))) => Read::Frame(frame),
+        Some(Ok(Message::Text(_) | Message::Frame(_))) => Read::End(Some(Error::Malformed(
+            format!("text frames are not {protocol} messages"),
+        ))),
+        Some(Ok(_)) => Read::Skip,
     }
 }
 
@@ -341,20 +367,14 @@ impl Conn {
                 }
                 msg = stream.next(), if self.pending.len() < max_pending => {
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
-                    match msg {
-                    None | Some(Ok(Message::Close(_))) => return None,
-                    Some(Err(e)) => return read_error(e),
-                    Some(Ok(Message::Binary(frame))) => {
-                        if let Err(e) = self.handle_frame(&frame).await {
-                            return Some(e);
+                    match read(msg, "y-websocket") {
+                        Read::End(why) => return why,
+                        Read::Frame(frame) => {
+                            if let Err(e) = self.handle_frame(&frame).await {
+                                return Some(e);
+                            }
                         }
-                    }
-                    Some(Ok(Message::Text(_) | Message::Frame(_))) => {
-                        return Some(Error::Malformed(
-                            "text frames are not y-websocket messages".into(),
-                        ))
-                    }
-                    Some(Ok(_)) => {}
+                        Read::Skip => {}
                     }
                 }
             }

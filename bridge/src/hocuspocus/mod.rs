@@ -42,7 +42,6 @@ use axum::response::Response;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitStream};
 use futures_util::{FutureExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{now_secs, Access};
 use crate::db;
@@ -52,7 +51,7 @@ use crate::limits::{client_ip, SubjectSlot, TokenBucket};
 use crate::protocol;
 use crate::session::{DocSession, UpdateOutcome};
 use crate::upgrade::{Socket as WebSocket, Upgrade};
-use crate::ws::{busy, read_error, refuse, socket_config, spawn_writer, Writer, IDLE_TIMEOUT};
+use crate::ws::{busy, read, refuse, socket_config, spawn_writer, Read, Writer, IDLE_TIMEOUT};
 use crate::{AppState, ConnSlot};
 use codec::{Body, Decoded};
 
@@ -208,20 +207,14 @@ impl Socket {
                 }
                 msg = stream.next(), if self.pending.len() < max_pending => {
                     idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
-                    match msg {
-                        None | Some(Ok(Message::Close(_))) => return None,
-                        Some(Err(e)) => return read_error(e),
-                        Some(Ok(Message::Binary(frame))) => {
+                    match read(msg, "Hocuspocus") {
+                        Read::End(why) => return why,
+                        Read::Frame(frame) => {
                             if let Err(e) = self.handle_frame(&frame).await {
                                 return Some(e);
                             }
                         }
-                        Some(Ok(Message::Text(_) | Message::Frame(_))) => {
-                            return Some(Error::Malformed(
-                                "text frames are not Hocuspocus messages".into(),
-                            ))
-                        }
-                        Some(Ok(_)) => {}
+                        Read::Skip => {}
                     }
                 }
             }

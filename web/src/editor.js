@@ -8,7 +8,7 @@ import 'quill/dist/quill.snow.css'
 import { api } from './api.js'
 import { Backoff } from './backoff.js'
 import { colorFor, loadSession } from './session.js'
-import { openHistory } from './history.js'
+import { toggleHistory } from './history.js'
 import { PeopleList } from './people.js'
 import { trackSaved } from './saved.js'
 
@@ -101,21 +101,7 @@ export function openEditor (app, name, user) {
     }
   }).catch(() => {})
 
-  const historyBox = app.querySelector('#history')
-  const historyButton = app.querySelector('#history-open')
-  let closeHistory = null
-  historyButton.addEventListener('click', () => {
-    if (closeHistory) {
-      closeHistory()
-      closeHistory = null
-      historyBox.hidden = true
-      historyButton.textContent = 'Show earlier versions'
-      return
-    }
-    historyBox.hidden = false
-    historyButton.textContent = 'Hide earlier versions'
-    closeHistory = openHistory(historyBox, name)
-  })
+  toggleHistory(app, name)
 
   // Browsers know when the network is gone; say so instead of retrying into the void, and keep
   // every edit in the page until it comes back.

@@ -8,6 +8,26 @@ const time = (ms) => new Date(ms).toLocaleString(undefined, {
   month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit'
 })
 
+/** Makes the page's "Show earlier versions" button (#history-open) open and close the history
+ * panel in #history. */
+export function toggleHistory (app, name, options = {}) {
+  const box = app.querySelector('#history')
+  const button = app.querySelector('#history-open')
+  let close = null
+  button.addEventListener('click', () => {
+    if (close) {
+      close()
+      close = null
+      box.hidden = true
+      button.textContent = 'Show earlier versions'
+      return
+    }
+    box.hidden = false
+    button.textContent = 'Hide earlier versions'
+    close = openHistory(box, name, options)
+  })
+}
+
 /**
  * The history panel: versions of the document's log (bursts of edits) from
  * `GET /api/docs/{doc}/history`; choosing one previews, read-only, the document as it was after

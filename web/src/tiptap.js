@@ -7,7 +7,7 @@ import { IndexeddbPersistence } from 'y-indexeddb'
 import * as Y from 'yjs'
 
 import { colorFor, loadSession } from './session.js'
-import { openHistory } from './history.js'
+import { toggleHistory } from './history.js'
 import { PeopleList } from './people.js'
 
 // The Tiptap page: the document and a small side document of notes (`<name>/notes`), both over
@@ -102,21 +102,7 @@ export function openTiptap (app, name, user) {
     status.render()
   })
 
-  const historyBox = app.querySelector('#history')
-  const historyButton = app.querySelector('#history-open')
-  let closeHistory = null
-  historyButton.addEventListener('click', () => {
-    if (closeHistory) {
-      closeHistory()
-      closeHistory = null
-      historyBox.hidden = true
-      historyButton.textContent = 'Show earlier versions'
-      return
-    }
-    historyBox.hidden = false
-    historyButton.textContent = 'Hide earlier versions'
-    closeHistory = openHistory(historyBox, name, { preview: previewTiptap })
-  })
+  toggleHistory(app, name, { preview: previewTiptap })
 
   const offline = () => {
     socket.disconnect()

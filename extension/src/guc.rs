@@ -17,7 +17,7 @@ pub const MAX_NESTING_CEILING: i32 = 4096;
 /// Per-backend budget of the document cache, in kB (64 MB).
 pub static CACHE_KB: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 /// Milliseconds a document's search text may lag behind its writes (0: refreshed at every
-/// write, so current at commit). The bridge's write lanes set 1000 (see api/search.rs).
+/// write, so current at commit). collab-bridge's write lanes set its `--search-lag-ms` (see api/search.rs).
 pub static SEARCH_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// The author an application records for its SQL edits (empty: the SQL role's name).
 pub static AUTHOR: GucSetting<Option<std::ffi::CString>> =
@@ -29,7 +29,7 @@ pub fn register() {
         c"How long a document's searchable text may lag behind this session's writes.",
         c"0: every write refreshes it (current at commit). Otherwise a write refreshes it only if \
 this backend has not done so within the lag; what is left stale is refreshed by the next write \
-after the lag or by collab.refresh_search() (which collab-bridge calls every second).",
+after the lag or by collab.refresh_search() (which collab-bridge calls as often as its lanes' lag).",
         &SEARCH_LAG_MS,
         0,
         60_000,

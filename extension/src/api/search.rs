@@ -5,13 +5,14 @@
 //! at commit. Re-indexing costs about one `to_tsvector` of the document and a GIN insertion of
 //! its words per write, so a session that writes a lot (collab-bridge's lanes) sets
 //! `collab.search_lag`: a document this backend indexed less than that long ago is left stale
-//! (`texts.seq < head_seq`); the next write after the lag, or `collab.refresh_search()` (the
-//! bridge calls it every second, no cron needed), brings it up to date. Documents written
+//! (`texts.seq < head_seq`), and so is one due when its transaction has spent its indexing
+//! budget; the next write after that, or `collab.refresh_search()` (the
+//! bridge calls it every `--search-lag-ms`, no cron needed), brings it up to date. Documents written
 //! before 0.3.0 are indexed by `collab.refresh_search()`, which the upgrade script runs once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 
@@ -41,29 +42,65 @@ thread_local! {
 /// Most documents remembered in `INDEXED` before it is cleared (bounds its memory).
 const MAX_REMEMBERED: usize = 65_536;
 
-/// After a write of `row`: its text indexed now, or left for later under `collab.search_lag`.
+/// Indexing one transaction of a lagging writer may do beyond its first document. A group
+/// commit carries tens of documents, and documents that started being written together fall due
+/// together: re-indexing all of them in one transaction held that transaction (and every
+/// update queued behind it) for the sum of their `to_tsvector`s. With a budget, a transaction
+/// indexes its first due document and then more only while it has spent less than this; the
+/// rest stay due and are taken by the next transactions, which spreads the documents' due
+/// times apart. Under overload the search text lags longer, not the writes.
+const INDEX_BUDGET_PER_XACT: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// This backend's indexing in the current transaction (identified by its start
+    /// timestamp): how long it took so far.
+    static SPENT: Cell<(pg_sys::TimestampTz, Duration)> = const { Cell::new((0, Duration::ZERO)) };
+}
+
+/// Whether a lagging writer's transaction may still index a due document (see
+/// `INDEX_BUDGET_PER_XACT`).
+fn within_budget() -> bool {
+    // SAFETY: reads the current transaction's start time, set whenever SQL runs.
+    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let (at, spent) = SPENT.with(Cell::get);
+    at != xact || spent < INDEX_BUDGET_PER_XACT
+}
+
+/// Adds `took` to the current transaction's indexing time.
+fn charge(took: Duration) {
+    // SAFETY: as in `within_budget`.
+    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    SPENT.with(|c| {
+        let (at, spent) = c.get();
+        c.set((xact, if at == xact { spent + took } else { took }));
+    });
+}
+
+/// After a write of `row`: its text indexed now, or left for later under `collab.search_lag`
+/// (this backend indexed it less than the lag ago, or this transaction spent its budget).
 pub(super) fn after_write(row: &DocRow, doc: &yrs::Doc) -> Result<()> {
     let lag = guc::search_lag();
+    if lag.is_zero() {
+        return refresh(row, doc);
+    }
     let now = Instant::now();
-    if !lag.is_zero()
-        && INDEXED.with(|m| {
-            m.borrow()
-                .get(&row.id)
-                .is_some_and(|t| now.duration_since(*t) < lag)
-        })
-    {
+    let fresh = INDEXED.with(|m| {
+        m.borrow()
+            .get(&row.id)
+            .is_some_and(|t| now.duration_since(*t) < lag)
+    });
+    if fresh || !within_budget() {
         return Ok(());
     }
     refresh(row, doc)?;
-    if !lag.is_zero() {
-        INDEXED.with(|m| {
-            let mut m = m.borrow_mut();
-            if m.len() >= MAX_REMEMBERED {
-                m.clear();
-            }
-            m.insert(row.id, now);
-        });
-    }
+    charge(now.elapsed());
+    INDEXED.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= MAX_REMEMBERED {
+            m.clear();
+        }
+        m.insert(row.id, now);
+    });
     Ok(())
 }
 
@@ -210,7 +247,7 @@ fn set_search_language(doc: Option<&str>, config: Option<&str>) -> bool {
 /// from such a dump) or stale (left by a writer's `collab.search_lag`), least recently edited
 /// first, at most `lim` of them (NULL: all). Under a `collab.search_lag` of the caller, only
 /// documents nobody wrote for that long (those still written are re-indexed by their writers).
-/// For collab_admin and collab_bridge (which calls it every second with the lanes' lag).
+/// For collab_admin and collab_bridge (which calls it every `--search-lag-ms` with the lanes' lag).
 /// Returns how many were indexed.
 #[pg_extern]
 #[search_path(pg_catalog, pg_temp)]

@@ -35,12 +35,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool};
 use tokio::sync::oneshot;
+use tokio_postgres::error::SqlState;
 use tokio_util::task::TaskTracker;
 
 use crate::db;
@@ -86,6 +88,11 @@ struct Inner {
     mixed_origin: String,
     /// `SET` on each connection a lane takes.
     setup: String,
+    /// `SET collab.cache_bytes` on each connection a lane takes, if wanted; the role may not
+    /// be allowed to (see `connection`).
+    cache_setup: Option<String>,
+    /// Whether the refusal of `cache_setup` was already logged.
+    cache_refused: AtomicBool,
     lanes: Vec<Mutex<LaneQueue>>,
     tracker: TaskTracker,
     /// Where committed updates are delivered to this bridge's clients.
@@ -97,6 +104,8 @@ pub struct LaneConfig {
     pub lanes: usize,
     /// `collab.cache_documents` of each lane's backend.
     pub cache_documents: u32,
+    /// `collab.cache_bytes` of each lane's backend, in MB (0: the server's).
+    pub cache_mb: u32,
     /// `lock_timeout` of each lane's transactions.
     pub lock_timeout: Duration,
     /// `collab.search_lag` of each lane's backend (#13: a document is re-indexed for search at
@@ -132,6 +141,9 @@ impl Batcher {
                     lanes.lock_timeout.as_millis(),
                     lanes.search_lag.as_millis()
                 ),
+                cache_setup: (lanes.cache_mb > 0)
+                    .then(|| format!("SET collab.cache_bytes = '{}MB'", lanes.cache_mb)),
+                cache_refused: AtomicBool::new(false),
                 lanes: (0..lanes.lanes.max(1)).map(|_| Mutex::default()).collect(),
                 tracker,
                 hub,
@@ -337,6 +349,24 @@ async fn connection<'a>(inner: &Inner, conn: &'a mut Option<Object>) -> Result<&
     if conn.is_none() {
         let c = db::client_retrying(&inner.pool).await?;
         c.batch_execute(&inner.setup).await?;
+        if let Some(set) = &inner.cache_setup {
+            match c.batch_execute(set).await {
+                Ok(()) => {}
+                // collab.cache_bytes is superuser-settable: without `GRANT SET ON PARAMETER`
+                // the lane keeps the server's budget, and writes still work.
+                Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    if !inner.cache_refused.swap(true, Relaxed) {
+                        tracing::warn!(
+                            "the database role may not set collab.cache_bytes, so the write lanes \
+                             keep the server's (64 MB by default): documents that do not fit are \
+                             reloaded at every write. GRANT SET ON PARAMETER collab.cache_bytes \
+                             TO <the bridge's role> to let --write-cache-mb apply"
+                        );
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         *conn = Some(c);
     }
     conn.as_ref()

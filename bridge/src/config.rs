@@ -94,6 +94,14 @@ pub struct Config {
     #[arg(long, env = "COLLAB_WRITE_CACHE_DOCUMENTS", default_value_t = 256)]
     pub write_cache_documents: u32,
 
+    /// Memory each writing connection's backend may use for decoded documents, in MB (its
+    /// collab.cache_bytes; the server's default is 64). When the documents a lane writes do not
+    /// fit, every write reloads its document from the log. collab.cache_bytes is the DBA's to
+    /// give: a role that is not a superuser needs `GRANT SET ON PARAMETER collab.cache_bytes`,
+    /// otherwise the server's value stays (and the bridge says so once). 0: never set it.
+    #[arg(long, env = "COLLAB_WRITE_CACHE_MB", default_value_t = 256)]
+    pub write_cache_mb: u32,
+
     /// Identifier of this bridge in update origins (`<bridge-id>/<conn-id>`); random if unset.
     #[arg(long, env = "COLLAB_BRIDGE_ID")]
     pub bridge_id: Option<String>,

@@ -184,6 +184,7 @@ impl AppState {
                     batch::LaneConfig {
                         lanes: cfg.write_lanes,
                         cache_documents: cfg.write_cache_documents,
+                        cache_mb: cfg.write_cache_mb,
                         lock_timeout: Duration::from_millis(cfg.write_lock_timeout_ms.max(1)),
                         search_lag: cfg.search_lag(),
                     },

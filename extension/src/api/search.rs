@@ -5,8 +5,8 @@
 //! at commit. Re-indexing costs about one `to_tsvector` of the document and a GIN insertion of
 //! its words per write, so a session that writes a lot (collab-bridge's lanes) sets
 //! `collab.search_lag`: a document this backend indexed less than that long ago is left stale
-//! (`texts.seq < head_seq`), and so is one due when its transaction has spent its indexing
-//! budget; the next write after that, or `collab.refresh_search()` (the
+//! (`texts.seq < head_seq`), and so is one due while the backend has spent its share of time
+//! for indexing; the next write after that, or `collab.refresh_search()` (the
 //! bridge calls it every `--search-lag-ms`, no cron needed), brings it up to date. Documents written
 //! before 0.3.0 are indexed by `collab.refresh_search()`, which the upgrade script runs once.
 
@@ -42,42 +42,86 @@ thread_local! {
 /// Most documents remembered in `INDEXED` before it is cleared (bounds its memory).
 const MAX_REMEMBERED: usize = 65_536;
 
-/// Indexing one transaction of a lagging writer may do beyond its first document. A group
-/// commit carries tens of documents, and documents that started being written together fall due
-/// together: re-indexing all of them in one transaction held that transaction (and every
-/// update queued behind it) for the sum of their `to_tsvector`s. With a budget, a transaction
-/// indexes its first due document and then more only while it has spent less than this; the
-/// rest stay due and are taken by the next transactions, which spreads the documents' due
-/// times apart. Under overload the search text lags longer, not the writes.
-const INDEX_BUDGET_PER_XACT: Duration = Duration::from_millis(1);
+/// Share of a lagging writer's time that re-indexing may take. Re-indexing a document costs
+/// its whole text (`to_tsvector` and a GIN entry per distinct word): 20–50 ms for 256 kB of
+/// text with many distinct words. Documents that started being written together fall due
+/// together, and a writer that re-indexed every due document of a group commit held that
+/// commit, and every update queued behind it, for all of them (at 50k updates/s over 100
+/// documents: p99 0.7 s, then a backlog that never cleared). So a lagging writer earns
+/// indexing time at this share of the time that passes, spends it, and indexes a due document
+/// only while it has some left: writes keep at least 90 % of the backend, and under overload
+/// the search text lags longer, not the writes.
+const INDEX_SHARE: f64 = 0.10;
+
+/// Most indexing time a lagging writer can save up (so an idle backend indexes a burst of
+/// small documents at once, but never a long run of large ones).
+const INDEX_CREDIT_MAX: Duration = Duration::from_millis(5);
 
 thread_local! {
-    /// This backend's indexing in the current transaction (identified by its start
-    /// timestamp): how long it took so far.
-    static SPENT: Cell<(pg_sys::TimestampTz, Duration)> = const { Cell::new((0, Duration::ZERO)) };
+    /// This backend's indexing credit in seconds (may go below zero: one document is indexed
+    /// whatever it costs), and when it was last brought up to date.
+    static CREDIT: Cell<(f64, Option<Instant>)> = const { Cell::new((0.0, None)) };
 }
 
-/// Whether a lagging writer's transaction may still index a due document (see
-/// `INDEX_BUDGET_PER_XACT`).
-fn within_budget() -> bool {
-    // SAFETY: reads the current transaction's start time, set whenever SQL runs.
-    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let (at, spent) = SPENT.with(Cell::get);
-    at != xact || spent < INDEX_BUDGET_PER_XACT
+/// Whether a lagging writer may index a due document now (see `INDEX_SHARE`).
+fn has_credit(now: Instant) -> bool {
+    let (credit, at) = CREDIT.with(Cell::get);
+    let max = INDEX_CREDIT_MAX.as_secs_f64();
+    let credit = match at {
+        None => max,
+        Some(at) => (credit + now.duration_since(at).as_secs_f64() * INDEX_SHARE).min(max),
+    };
+    CREDIT.with(|c| c.set((credit, Some(now))));
+    credit > 0.0
 }
 
-/// Adds `took` to the current transaction's indexing time.
-fn charge(took: Duration) {
-    // SAFETY: as in `within_budget`.
-    let xact = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    SPENT.with(|c| {
-        let (at, spent) = c.get();
-        c.set((xact, if at == xact { spent + took } else { took }));
+/// Spends `took` of indexing credit.
+fn spend(took: Duration) {
+    CREDIT.with(|c| {
+        let (credit, at) = c.get();
+        c.set((credit - took.as_secs_f64(), at));
+    });
+}
+
+thread_local! {
+    /// Due documents a lagging writer left for lack of credit: when it first left each, and
+    /// when it last saw it written. They are indexed oldest first, so that under overload every
+    /// document's turn comes (group commits take documents in name order: without a queue, the
+    /// first names would take all the credit every lag).
+    static WAITING: RefCell<HashMap<i64, (Instant, Instant)>> = RefCell::new(HashMap::new());
+}
+
+/// Whether `doc_id` is next in line: no other document it shares the queue with has waited
+/// longer. Documents not written for a lag leave the queue (`refresh_search` takes idle ones).
+fn next_in_line(doc_id: i64, now: Instant, lag: Duration) -> bool {
+    WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        w.retain(|_, (_, seen)| now.duration_since(*seen) < lag);
+        let oldest = w.values().map(|(since, _)| *since).min();
+        match (w.get(&doc_id), oldest) {
+            (_, None) => true,
+            (Some((mine, _)), Some(oldest)) => *mine <= oldest,
+            (None, Some(_)) => false,
+        }
+    })
+}
+
+/// Puts `doc_id` in the queue of due documents (or notes that it was written again).
+fn wait(doc_id: i64, now: Instant) {
+    WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.len() >= MAX_REMEMBERED && !w.contains_key(&doc_id) {
+            return;
+        }
+        w.entry(doc_id)
+            .and_modify(|(_, seen)| *seen = now)
+            .or_insert((now, now));
     });
 }
 
 /// After a write of `row`: its text indexed now, or left for later under `collab.search_lag`
-/// (this backend indexed it less than the lag ago, or this transaction spent its budget).
+/// (this backend indexed it less than the lag ago, or has no indexing credit left, or another
+/// due document waited longer).
 pub(super) fn after_write(row: &DocRow, doc: &yrs::Doc) -> Result<()> {
     let lag = guc::search_lag();
     if lag.is_zero() {
@@ -89,11 +133,16 @@ pub(super) fn after_write(row: &DocRow, doc: &yrs::Doc) -> Result<()> {
             .get(&row.id)
             .is_some_and(|t| now.duration_since(*t) < lag)
     });
-    if fresh || !within_budget() {
+    if fresh {
+        return Ok(());
+    }
+    if !has_credit(now) || !next_in_line(row.id, now, lag) {
+        wait(row.id, now);
         return Ok(());
     }
     refresh(row, doc)?;
-    charge(now.elapsed());
+    spend(now.elapsed());
+    WAITING.with(|w| w.borrow_mut().remove(&row.id));
     INDEXED.with(|m| {
         let mut m = m.borrow_mut();
         if m.len() >= MAX_REMEMBERED {
@@ -304,4 +353,46 @@ fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
         Ok(done)
     })()
     .or_raise()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn indexed(doc_id: i64) {
+        WAITING.with(|w| w.borrow_mut().remove(&doc_id));
+    }
+
+    #[test]
+    fn due_documents_left_for_lack_of_credit_are_indexed_oldest_first() {
+        let lag = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Documents 3, 1, 2 fall due in that order while the writer has no credit.
+        wait(3, at(0));
+        wait(1, at(1));
+        wait(2, at(2));
+        // Credit again: group commits bring them in id order, and only the oldest is taken.
+        assert!(!next_in_line(1, at(3), lag));
+        assert!(!next_in_line(2, at(3), lag));
+        assert!(next_in_line(3, at(3), lag));
+        indexed(3);
+        assert!(next_in_line(1, at(4), lag));
+        indexed(1);
+        // A document falling due now queues behind the one still waiting.
+        assert!(!next_in_line(4, at(5), lag));
+        assert!(next_in_line(2, at(5), lag));
+    }
+
+    #[test]
+    fn a_waiting_document_not_written_for_a_lag_leaves_the_queue() {
+        let lag = Duration::from_secs(5);
+        let t0 = Instant::now();
+        wait(7, t0);
+        wait(8, t0 + Duration::from_secs(1));
+        assert!(!next_in_line(8, t0 + Duration::from_secs(2), lag));
+        // Document 7 went idle (refresh_search will take it): 8 no longer waits behind it.
+        wait(8, t0 + Duration::from_secs(4));
+        assert!(next_in_line(8, t0 + Duration::from_secs(6), lag));
+    }
 }

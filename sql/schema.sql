@@ -115,7 +115,15 @@ CREATE TABLE texts (
     tsv        tsvector NOT NULL,
     indexed_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX texts_tsv ON texts USING gin (tsv);
+-- fastupdate off (0.3.1): with GIN's pending list, each re-indexed document (a GIN entry per
+-- distinct word, tens of thousands for a large one) went to the list, and every ~4 MB the
+-- writer that filled it merged the whole list into the index inside its own transaction:
+-- hundreds of milliseconds during which a bridge's group commit, and every edit queued behind
+-- it, waited. Without it each writer pays for its own entries, and searches never scan a list.
+CREATE INDEX texts_tsv ON texts USING gin (tsv) WITH (fastupdate = off);
+COMMENT ON INDEX texts_tsv IS
+  'Full-text index of collab.texts for collab.search; fastupdate off, so that no writer merges '
+  'a pending list that others filled.';
 
 COMMENT ON TABLE texts IS
   'Plain text of each document (text roots, and the text content of XML roots, at most 256 kB), '

@@ -1,6 +1,6 @@
 //! Backups and upgrades as a DBA does them: `pg_dump -Fc` + `pg_restore` and a plain-SQL dump
 //! into fresh databases, and `ALTER EXTENSION pg_collab UPDATE` of databases created with the
-//! released 0.1.0 and 0.2.0 scripts. Documents with history, checkpoints and pruned ranges must come back
+//! released 0.1.0, 0.2.0 and 0.3.0 scripts. Documents with history, checkpoints and pruned ranges must come back
 //! with identical text, state, head_seq and earlier versions; an upgraded database must have
 //! exactly the objects, privileges and comments of a fresh install.
 
@@ -296,11 +296,11 @@ async fn catalog(db: &Client) -> Vec<String> {
         .collect()
 }
 
-/// Puts the released install scripts (0.1.0, 0.2.0) where `CREATE EXTENSION ... VERSION` finds
+/// Puts the released install scripts (0.1.0, 0.2.0, 0.3.0) where `CREATE EXTENSION ... VERSION` finds
 /// them (they are not installed with the extension: with the current library they are only good
 /// for being upgraded).
 fn install_released_scripts() {
-    for version in ["0.1.0", "0.2.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0"] {
         install_released_script(version);
     }
 }
@@ -329,8 +329,13 @@ async fn a_database_of_release_0_1_0_upgrades_in_place_through_0_2_0_and_keeps_e
 }
 
 #[tokio::test]
-async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_document() {
+async fn a_database_of_release_0_2_0_upgrades_in_place_through_0_3_0_and_keeps_every_document() {
     upgrades_from("0.2.0").await;
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_document() {
+    upgrades_from("0.3.0").await;
 }
 
 /// A database made by release `from`, holding the documents of `fill`, upgraded to this
@@ -362,7 +367,14 @@ async fn upgrades_from(from: &str) {
     let cols = "id, name, head_seq, checkpoint_seq, history_from, update_count, log_bytes, \
                 tail_bytes, state_bytes, created_at, updated_at";
     let live = "doc_id IN (SELECT id FROM collab.documents WHERE deleted_at IS NULL)";
-    let tables = [
+    // From 0.3.0 on, updates have authors and documents have search texts.
+    let with_texts = from >= "0.3.0";
+    let update_cols = if with_texts {
+        "doc_id, seq, update, origin, created_at, author"
+    } else {
+        "doc_id, seq, update, origin, created_at"
+    };
+    let mut tables = vec![
         (
             "documents",
             cols.to_string(),
@@ -370,10 +382,8 @@ async fn upgrades_from(from: &str) {
         ),
         (
             "updates",
-            "doc_id, seq, update, origin, created_at".to_string(),
-            format!(
-                "SELECT doc_id, seq, update, origin, created_at FROM collab.updates WHERE {live}"
-            ),
+            update_cols.to_string(),
+            format!("SELECT {update_cols} FROM collab.updates WHERE {live}"),
         ),
         (
             "checkpoints",
@@ -381,6 +391,14 @@ async fn upgrades_from(from: &str) {
             format!("SELECT doc_id, seq, state, created_at FROM collab.checkpoints WHERE {live}"),
         ),
     ];
+    if with_texts {
+        let text_cols = "doc_id, seq, language, body, tsv, indexed_at";
+        tables.push((
+            "texts",
+            text_cols.to_string(),
+            format!("SELECT {text_cols} FROM collab.texts WHERE {live}"),
+        ));
+    }
     for (table, cols, select) in &tables {
         let file = dir.path().join(table);
         cluster.psql(
@@ -416,7 +434,7 @@ async fn upgrades_from(from: &str) {
     expected.remove("gone");
     assert_eq!(documents(&old).await, expected);
 
-    // The upgrade indexed the old documents for search.
+    // The old documents are searchable (indexed by the 0.3.0 upgrade, or copied with 0.3.0's).
     let found: String = old
         .query_one(
             "SELECT string_agg(name, ',' ORDER BY name) FROM collab.search('gamma')",

@@ -141,8 +141,16 @@ impl Batcher {
                     lanes.lock_timeout.as_millis(),
                     lanes.search_lag.as_millis()
                 ),
-                cache_setup: (lanes.cache_mb > 0)
-                    .then(|| format!("SET collab.cache_bytes = '{}MB'", lanes.cache_mb)),
+                // The call loads pg_collab's library first, so that the SET meets the real
+                // (superuser-settable) setting and fails here if the role may not: a value set
+                // before as a placeholder would be dropped with only a WARNING when it loads.
+                cache_setup: (lanes.cache_mb > 0).then(|| {
+                    format!(
+                        "SELECT collab.has_access('pg_collab/lane'); \
+                         SET collab.cache_bytes = '{}MB'",
+                        lanes.cache_mb
+                    )
+                }),
                 cache_refused: AtomicBool::new(false),
                 lanes: (0..lanes.lanes.max(1)).map(|_| Mutex::default()).collect(),
                 tracker,
@@ -366,6 +374,19 @@ async fn connection<'a>(inner: &Inner, conn: &'a mut Option<Object>) -> Result<&
                 }
                 Err(e) => return Err(e.into()),
             }
+            // What the lane got (the metric says when the grant is missing).
+            let kb: Option<i64> = c
+                .query_opt(
+                    "SELECT setting::bigint FROM pg_catalog.pg_settings \
+                     WHERE name = 'collab.cache_bytes'",
+                    &[],
+                )
+                .await?
+                .map(|r| r.get(0));
+            inner
+                .metrics
+                .write_cache_bytes
+                .store(kb.unwrap_or(0).max(0) as u64 * 1024, Relaxed);
         }
         *conn = Some(c);
     }

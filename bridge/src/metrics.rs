@@ -75,6 +75,8 @@ pub struct Metrics {
     pub catchup_fetches: AtomicU64,
     pub listener_up: AtomicU64,
     pub listener_reconnects: AtomicU64,
+    /// `collab.cache_bytes` of the last write-lane connection set up (what --write-cache-mb got).
+    pub write_cache_bytes: AtomicU64,
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub notify_lag_seconds: Histogram,
@@ -108,6 +110,7 @@ impl Default for Metrics {
             catchup_fetches: AtomicU64::new(0),
             listener_up: AtomicU64::new(0),
             listener_reconnects: AtomicU64::new(0),
+            write_cache_bytes: AtomicU64::new(0),
             batch_size: Histogram::new(SIZES),
             commit_seconds: Histogram::new(TXN_SECONDS),
             notify_lag_seconds: Histogram::new(SECONDS),
@@ -194,6 +197,13 @@ impl Collector for Scrape {
             "collab_bridge_open_documents",
             "Documents with at least one connection on this bridge.",
             &m.open_documents,
+        )?;
+        gauge(
+            &mut enc,
+            "collab_bridge_write_cache_bytes",
+            "Memory a write lane's backend may use for decoded documents (its collab.cache_bytes): \
+             below --write-cache-mb when the bridge's role may not set it.",
+            &m.write_cache_bytes,
         )?;
         gauge(
             &mut enc,

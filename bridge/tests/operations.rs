@@ -268,3 +268,40 @@ async fn a_deletion_missed_while_the_listener_was_down_closes_the_room_when_not_
     let (code, _) = c.wait_close().await;
     assert_eq!(code, 4410);
 }
+
+/// `--write-cache-mb` becomes the lanes' `collab.cache_bytes` (superuser-settable) only where
+/// the DBA granted it: without the grant the server's budget stays, writes go on, and the
+/// metric says which budget the lanes have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lanes_document_memory_follows_write_cache_mb_only_where_the_dba_granted_it() {
+    let pg = Pg::start();
+    let t = writer_token();
+    let mb = |n: f64| n * 1024.0 * 1024.0;
+
+    let without = Bridge::start(&pg, "a", &["--write-cache-mb", "200"]).await;
+    let c = YClient::connect(&without.ws_url("mem"), Some(&t)).await;
+    c.insert(0, "x");
+    assert!(wait_text_in_db(&pg, "mem", "x", Duration::from_secs(10)).await);
+    assert_eq!(
+        without.metric("collab_bridge_write_cache_bytes").await,
+        mb(64.0),
+        "the server's default stays without the grant"
+    );
+
+    pg.client()
+        .await
+        .batch_execute(&format!(
+            "GRANT SET ON PARAMETER collab.cache_bytes TO {BRIDGE_USER}"
+        ))
+        .await
+        .unwrap();
+    let with = Bridge::start(&pg, "b", &["--write-cache-mb", "200"]).await;
+    let c2 = YClient::connect(&with.ws_url("mem"), Some(&t)).await;
+    c2.wait_text("x").await;
+    c2.insert(1, "y");
+    assert!(wait_text_in_db(&pg, "mem", "xy", Duration::from_secs(10)).await);
+    assert_eq!(
+        with.metric("collab_bridge_write_cache_bytes").await,
+        mb(200.0)
+    );
+}

@@ -38,11 +38,12 @@ machine() { echo "$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head 
 
 # A throwaway cluster with default settings in DIR/data, on loopback PORT, with pg_collab
 # created. Stop it with: as_pg "$PG_BIN/pg_ctl" -D DIR/data -m immediate stop
+# BENCH_PG_OPTS: extra server options (e.g. "-c synchronous_commit=off" for a comparison).
 start_throwaway_cluster() { # dir port
     is_root && chown postgres "$1"
     as_pg "$PG_BIN/initdb" -D "$1/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
     as_pg "$PG_BIN/pg_ctl" -D "$1/data" -w -l "$1/log" \
-        -o "-p $2 -k $1 -c listen_addresses=127.0.0.1" start >/dev/null
+        -o "-p $2 -k $1 -c listen_addresses=127.0.0.1 ${BENCH_PG_OPTS:-}" start >/dev/null
     "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$2" -U postgres -c "CREATE EXTENSION pg_collab"
 }
 

@@ -180,15 +180,7 @@ fn serve(doc: &Doc, depths: &mut Depths, bytes: &[u8]) -> bool {
     let Ok(update) = merge::decode_update(bytes, 1 << 20, NESTING) else {
         return false;
     };
-    merge::integrate(
-        doc,
-        depths,
-        &[bytes.to_vec()],
-        vec![update],
-        "fuzz",
-        NESTING,
-    )
-    .is_ok()
+    merge::integrate(doc, depths, &[bytes], vec![update], "fuzz", NESTING).is_ok()
 }
 
 /// Every reader, on whatever the document holds.

@@ -182,7 +182,7 @@ fn track_with(
 pub fn integrate(
     doc: &Doc,
     depths: &mut Depths,
-    raw: &[Vec<u8>],
+    raw: &[&[u8]],
     updates: Vec<Update>,
     doc_name: &str,
     nesting: u32,
@@ -880,14 +880,7 @@ mod tests {
 
     fn integrate_bytes(doc: &Doc, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
         let u = decode_update(bytes, 1 << 20, NESTING)?;
-        integrate(
-            doc,
-            &mut Depths::default(),
-            &[bytes.to_vec()],
-            vec![u],
-            "d",
-            NESTING,
-        )
+        integrate(doc, &mut Depths::default(), &[bytes], vec![u], "d", NESTING)
     }
 
     fn update_from(f: impl FnOnce(&Doc)) -> (Doc, Vec<u8>) {

@@ -1,5 +1,7 @@
 //! Writes: Yjs updates from clients, and text edits made in SQL.
 
+use std::borrow::Cow;
+
 use pgrx::prelude::*;
 
 use super::{check_author, doc_name, field_name, guarded, write, Batch};
@@ -9,11 +11,11 @@ use crate::{guc, merge, storage};
 
 /// Validates, integrates and appends a batch under one lock, one sequence range and one
 /// notification. Returns the last sequence assigned.
-fn apply(
+fn apply<'a>(
     name: &str,
-    updates: Vec<Vec<u8>>,
+    updates: Vec<&'a [u8]>,
     origin: Option<&str>,
-    authors: Vec<Option<String>>,
+    authors: Vec<Option<&'a str>>,
 ) -> Result<i64> {
     let limit = guc::max_update_bytes();
     let nesting = guc::max_nesting();
@@ -35,7 +37,7 @@ fn apply(
         // makes yrs fail, or nests too deep in it, would make the document unreadable.
         let combined = merge::integrate(doc, depths, &updates, decoded, name, nesting)?;
         Ok(Some(Batch {
-            updates,
+            updates: updates.into_iter().map(Cow::Borrowed).collect(),
             combined,
             local: false,
             authors,
@@ -54,7 +56,7 @@ fn apply_update(
     (|| {
         let name = doc_name(doc)?;
         let update = required(update, "update")?;
-        apply(name, vec![update.to_vec()], origin, Vec::new())
+        apply(name, vec![update], origin, Vec::new())
     })()
     .or_raise()
 }
@@ -70,18 +72,18 @@ fn apply_updates(
 ) -> i64 {
     (|| {
         let name = doc_name(doc)?;
-        let batch = batch_of(updates)?;
+        let updates = required(updates, "updates")?;
+        let batch = batch_of(&updates)?;
         apply(name, batch, origin, Vec::new())
     })()
     .or_raise()
 }
 
-fn batch_of(updates: Option<Array<&[u8]>>) -> Result<Vec<Vec<u8>>> {
-    let updates = required(updates, "updates")?;
+/// The elements of `updates`, borrowed from the argument (they live for the whole call).
+fn batch_of<'a>(updates: &'a Array<'_, &[u8]>) -> Result<Vec<&'a [u8]>> {
     let mut batch = Vec::with_capacity(updates.len());
     for u in updates.iter() {
-        let u = u.ok_or(CollabError::Null("an element of updates"))?;
-        batch.push(u.to_vec());
+        batch.push(u.ok_or(CollabError::Null("an element of updates"))?);
     }
     if batch.is_empty() {
         return Err(CollabError::OutOfRange(
@@ -104,7 +106,8 @@ fn apply_updates_by(
 ) -> i64 {
     (|| {
         let name = doc_name(doc)?;
-        let batch = batch_of(updates)?;
+        let updates = required(updates, "updates")?;
+        let batch = batch_of(&updates)?;
         let authors = required(authors, "authors")?;
         if authors.len() != batch.len() {
             return Err(CollabError::InvalidArgument(format!(
@@ -118,7 +121,7 @@ fn apply_updates_by(
             if let Some(a) = a {
                 check_author(a)?;
             }
-            names.push(a.map(str::to_string));
+            names.push(a);
         }
         apply(name, batch, origin, names)
     })()

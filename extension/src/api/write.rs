@@ -19,19 +19,8 @@ fn apply<'a>(
 ) -> Result<i64> {
     let limit = guc::max_update_bytes();
     let nesting = guc::max_nesting();
-    let batch = updates.len() > 1;
-    let decoded = updates
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            merge::decode_update(u, limit, nesting).map_err(|e| match e {
-                CollabError::MalformedUpdate(m) if batch => {
-                    CollabError::MalformedUpdate(format!("updates[{}]: {m}", i + 1))
-                }
-                other => other,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Before the lock: malformed or oversized input costs no lock and no document load.
+    let decoded = merge::decode_batch(&updates, limit, nesting)?;
     write(name, origin, |doc, depths| {
         // The update must integrate into the current document before it is stored: one that
         // makes yrs fail, or nests too deep in it, would make the document unreadable.

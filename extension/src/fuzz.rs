@@ -177,18 +177,10 @@ fn mutate(updates: &mut [Vec<u8>], i: usize, m: &Mutation) {
 
 /// Feeds one update to a "server" document as `collab.apply_update` does; true if accepted.
 fn serve(doc: &Doc, depths: &mut Depths, bytes: &[u8]) -> bool {
-    let Ok(update) = merge::decode_update(bytes, 1 << 20, NESTING) else {
+    let Ok(update) = merge::decode_batch(&[bytes], 1 << 20, NESTING) else {
         return false;
     };
-    merge::integrate(
-        doc,
-        depths,
-        &[bytes.to_vec()],
-        vec![update],
-        "fuzz",
-        NESTING,
-    )
-    .is_ok()
+    merge::integrate(doc, depths, &[bytes], update, "fuzz", NESTING).is_ok()
 }
 
 /// Every reader, on whatever the document holds.

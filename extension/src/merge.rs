@@ -126,6 +126,16 @@ fn too_deep(e: TooDeep) -> CollabError {
 /// Size and syntax checks that need no document: the scanner first (so yrs never sees deep
 /// values or lying counts), then yrs's decoder.
 pub fn decode_update(bytes: &[u8], limit: usize, nesting: u32) -> Result<Update> {
+    decode_with(bytes, limit, nesting, |_| {}).map(|(update, _)| update)
+}
+
+/// [`decode_update`], showing the scanned structs to `visit` (before yrs decodes anything).
+fn decode_with(
+    bytes: &[u8],
+    limit: usize,
+    nesting: u32,
+    visit: impl FnMut(&scan::Struct),
+) -> Result<(Update, scan::Summary)> {
     if bytes.is_empty() {
         return Err(CollabError::EmptyUpdate);
     }
@@ -135,12 +145,60 @@ pub fn decode_update(bytes: &[u8], limit: usize, nesting: u32) -> Result<Update>
             limit,
         });
     }
-    scan::scan_update(bytes, nesting, |_| {}).map_err(scan_error)?;
+    let summary = scan::scan_update(bytes, nesting, visit).map_err(scan_error)?;
     match guarded(|| Update::decode_v1(bytes)) {
-        Ok(Ok(update)) => Ok(update),
+        Ok(Ok(update)) => Ok((update, summary)),
         Ok(Err(e)) => Err(CollabError::MalformedUpdate(e.to_string())),
         Err(panic) => Err(CollabError::MalformedUpdate(panic)),
     }
+}
+
+/// Most structs [`decode_batch`] keeps for the depth tracker (96 bytes each: 6 MB); past it
+/// the batch is scanned a second time instead, so memory stays bounded whatever it holds.
+const MAX_KEPT_STRUCTS: usize = 1 << 16;
+
+/// A batch of client updates that passed the checks that need no document, for [`integrate`].
+pub struct Decoded {
+    updates: Vec<Update>,
+    /// The structs the scanner reported, in order, kept so that each update is scanned once:
+    /// the depth tracker takes them when the document is locked. `None` past
+    /// [`MAX_KEPT_STRUCTS`]: then [`integrate`] scans the bytes again.
+    structs: Option<Vec<scan::Struct>>,
+    /// Mergeable items of the batch and their bytes (see [`integrate`]).
+    items: u64,
+    bytes: u64,
+}
+
+/// [`decode_update`] for each update of a batch (errors name the element when there are
+/// several), keeping what the scanner reports for the depth tracker.
+pub fn decode_batch(raw: &[&[u8]], limit: usize, nesting: u32) -> Result<Decoded> {
+    let mut out = Decoded {
+        updates: Vec::with_capacity(raw.len()),
+        structs: Some(Vec::with_capacity(raw.len())),
+        items: 0,
+        bytes: 0,
+    };
+    for (i, bytes) in raw.iter().enumerate() {
+        let decoded = decode_with(bytes, limit, nesting, |s| {
+            if let Some(kept) = &mut out.structs {
+                if kept.len() >= MAX_KEPT_STRUCTS {
+                    out.structs = None;
+                } else if s.kind != scan::Kind::Skip {
+                    kept.push(*s);
+                }
+            }
+        });
+        let (update, summary) = decoded.map_err(|e| match e {
+            CollabError::MalformedUpdate(m) if raw.len() > 1 => {
+                CollabError::MalformedUpdate(format!("updates[{}]: {m}", i + 1))
+            }
+            other => other,
+        })?;
+        out.updates.push(update);
+        out.items += summary.mergeable_items;
+        out.bytes = out.bytes.saturating_add(summary.mergeable_bytes);
+    }
+    Ok(out)
 }
 
 /// Adds the structs of `bytes` to the document's depth tracker: refused (54001) when shared
@@ -173,7 +231,8 @@ fn track_with(
 
 /// Integrates already decoded updates into `doc`, in order, and re-encodes what changed: the
 /// steps that have been seen to panic on hostile input. `raw` are the same updates as bytes:
-/// their depth in the document is checked before yrs sees them.
+/// their depth in the document is checked before yrs sees them, from the structs
+/// [`decode_batch`] kept (each update is scanned once), or by scanning `raw` again.
 ///
 /// Returns what the batch changed as one update (the notification carries it) unless some of
 /// it still waits on missing dependencies, or the batch was integrated update by update: then
@@ -182,19 +241,36 @@ fn track_with(
 pub fn integrate(
     doc: &Doc,
     depths: &mut Depths,
-    raw: &[Vec<u8>],
-    updates: Vec<Update>,
+    raw: &[&[u8]],
+    batch: Decoded,
     doc_name: &str,
     nesting: u32,
 ) -> Result<Option<Vec<u8>>> {
-    let (mut items, mut bytes_total) = (0u64, 0u64);
-    for (i, bytes) in raw.iter().enumerate() {
-        if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
-            interrupt_point();
+    let Decoded {
+        updates,
+        structs,
+        items,
+        bytes: bytes_total,
+    } = batch;
+    match structs {
+        // What the scanner reported when the batch was decoded: the same structs in the same
+        // order as scanning the bytes again would give.
+        Some(structs) => {
+            for (i, s) in structs.iter().enumerate() {
+                if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
+                    interrupt_point();
+                }
+                depths.add(s, nesting).map_err(too_deep)?;
+            }
         }
-        let summary = track(depths, bytes, nesting)?;
-        items += summary.mergeable_items;
-        bytes_total = bytes_total.saturating_add(summary.mergeable_bytes);
+        None => {
+            for (i, bytes) in raw.iter().enumerate() {
+                if i % INTERRUPT_EVERY == INTERRUPT_EVERY - 1 {
+                    interrupt_point();
+                }
+                track(depths, bytes, nesting)?;
+            }
+        }
     }
     // yrs merges the runs of items a transaction inserted at its commit, at a cost that grows
     // with the square of a run (see scan::MAX_MERGE_BYTES). Within one update the scanner
@@ -879,15 +955,8 @@ mod tests {
     }
 
     fn integrate_bytes(doc: &Doc, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
-        let u = decode_update(bytes, 1 << 20, NESTING)?;
-        integrate(
-            doc,
-            &mut Depths::default(),
-            &[bytes.to_vec()],
-            vec![u],
-            "d",
-            NESTING,
-        )
+        let u = decode_batch(&[bytes], 1 << 20, NESTING)?;
+        integrate(doc, &mut Depths::default(), &[bytes], u, "d", NESTING)
     }
 
     fn update_from(f: impl FnOnce(&Doc)) -> (Doc, Vec<u8>) {

@@ -64,13 +64,13 @@ pub fn stash(
     row: &DocRow,
     seq_from: i64,
     seq_to: i64,
-    updates: &[Vec<u8>],
+    updates: &[&[u8]],
     combined: Option<&[u8]>,
     origin: Option<&str>,
 ) {
     let merged = match combined {
         Some(c) => Some(c.to_vec()),
-        None => merged(&updates.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+        None => merged(updates),
     };
     let stash = Stash {
         name: row.name.clone(),

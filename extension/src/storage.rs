@@ -309,13 +309,15 @@ pub fn open(row: &DocRow) -> Result<Entry> {
 
 /// Appends validated updates after `row.head_seq` in one statement (so the NOTIFY trigger
 /// fires once for the batch) and advances the row. `combined` is the batch as one update when
-/// the caller already has it. Returns the last sequence assigned.
+/// the caller already has it. `authors[i]` made `updates[i]`; `author` stands in for a missing
+/// or `None` element. Returns the last sequence assigned.
 pub fn append(
     row: &mut DocRow,
-    updates: &[Vec<u8>],
+    updates: &[&[u8]],
     combined: Option<&[u8]>,
     origin: Option<&str>,
-    authors: &[String],
+    author: &str,
+    authors: &[Option<&str>],
 ) -> Result<i64> {
     let n = updates.len() as i64;
     let bytes: i64 = updates.iter().map(|u| u.len() as i64).sum();
@@ -323,20 +325,46 @@ pub fn append(
     let seq_to = row.head_seq + n;
     notify::stash(row, seq_from, seq_to, updates, combined, origin);
     Spi::connect_mut(|client| {
-        run(
-            client,
-            "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
-             SELECT $1, $2 + u.ord, u.update, $4, u.author \
-             FROM unnest($3::bytea[], $5::text[]) WITH ORDINALITY AS u(update, author, ord)",
-            &[INT8, INT8, BYTEA_ARRAY, TEXT, TEXT_ARRAY],
-            &[
-                row.id.into(),
-                row.head_seq.into(),
-                updates.to_vec().into(),
-                origin.into(),
-                authors.to_vec().into(),
-            ],
-        )?;
+        // The log rows come from set-returning functions in the select list (a ProjectSet,
+        // evaluated in lockstep, one row at a time) rather than `FROM unnest(...) WITH
+        // ORDINALITY`, which materialises the whole batch in a tuplestore first. The array of
+        // updates is built from the borrowed arguments, without an intermediate copy.
+        if authors.iter().all(Option::is_none) {
+            // Every update by the writer's default author (the common case): one text
+            // parameter instead of an array with one copy of it per update.
+            run(
+                client,
+                "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
+                 SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
+                        pg_catalog.unnest($3), $4, $5",
+                &[INT8, INT8, BYTEA_ARRAY, TEXT, TEXT],
+                &[
+                    row.id.into(),
+                    row.head_seq.into(),
+                    updates.to_vec().into(),
+                    origin.into(),
+                    author.into(),
+                ],
+            )?;
+        } else {
+            let authors: Vec<&str> = (0..updates.len())
+                .map(|i| authors.get(i).copied().flatten().unwrap_or(author))
+                .collect();
+            run(
+                client,
+                "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
+                 SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
+                        pg_catalog.unnest($3), $4, pg_catalog.unnest($5)",
+                &[INT8, INT8, BYTEA_ARRAY, TEXT, TEXT_ARRAY],
+                &[
+                    row.id.into(),
+                    row.head_seq.into(),
+                    updates.to_vec().into(),
+                    origin.into(),
+                    authors.into(),
+                ],
+            )?;
+        }
         run(
             client,
             "UPDATE collab.documents SET head_seq = $2, tail_bytes = tail_bytes + $3, \

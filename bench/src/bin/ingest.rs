@@ -142,6 +142,17 @@ async fn main() {
         .expect("pid")
         .get(0);
     let backend = backend.to_string();
+    // `collab.search_lag` of the ingest session: 0 (SQL's default) re-indexes the document's
+    // text at every call, as a plain SQL writer gets; the bridge's lanes run with a lag
+    // (`--search-lag-ms`), which leaves the ingest path alone. SEARCH_LAG_MS=5000 is the bridge's.
+    let search_lag: u32 = std::env::var("SEARCH_LAG_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    db.batch_execute(&format!("SET collab.search_lag = {search_lag}"))
+        .await
+        .expect("search_lag");
+    println!("collab.search_lag = {search_lag} ms");
 
     // 2. Batched SQL ingest (default compaction policy: checkpoints as the log grows).
     let stmt = db

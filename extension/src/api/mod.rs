@@ -11,6 +11,8 @@ mod restore;
 mod search;
 mod write;
 
+use std::borrow::Cow;
+
 use yrs::Doc;
 
 use crate::cache;
@@ -68,21 +70,22 @@ fn read_unchecked<T>(name: &str, f: impl FnOnce(&Doc) -> Result<T>) -> Result<T>
 }
 
 /// What a write appends: the updates (one log row each) and, when the writer has it, the
-/// same change as one update for the notification.
-struct Batch {
-    updates: Vec<Vec<u8>>,
+/// same change as one update for the notification. Client updates are borrowed from the SQL
+/// arguments (no copy on the ingest path); SQL edits own theirs.
+struct Batch<'a> {
+    updates: Vec<Cow<'a, [u8]>>,
     combined: Option<Vec<u8>>,
     /// Made by an SQL edit on the document: its structs are added to the depth tracker after
     /// the fact (an edit of a text never nests anything). Client updates are checked before.
     local: bool,
     /// Who made each update (`None`, or a shorter list: the writer's default author).
-    authors: Vec<Option<String>>,
+    authors: Vec<Option<&'a str>>,
 }
 
-impl From<Vec<u8>> for Batch {
+impl From<Vec<u8>> for Batch<'_> {
     fn from(update: Vec<u8>) -> Self {
         Batch {
-            updates: vec![update],
+            updates: vec![Cow::Owned(update)],
             combined: None,
             local: true,
             authors: Vec::new(),
@@ -118,21 +121,21 @@ fn default_author() -> Result<String> {
 
 /// Runs `f` on the locked (and, on first write, created) document; the batch it returns is
 /// appended and notified. Returns the document's head sequence afterwards.
-fn write(
+fn write<'a>(
     name: &str,
     origin: Option<&str>,
-    f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch>>,
+    f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch<'a>>>,
 ) -> Result<i64> {
     rights::require(name, Right::Write)?;
     let author = default_author()?;
     rights::as_owner(|| write_unchecked(name, origin, &author, f))
 }
 
-fn write_unchecked(
+fn write_unchecked<'a>(
     name: &str,
     origin: Option<&str>,
     author: &str,
-    f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch>>,
+    f: impl FnOnce(&Doc, &mut Depths) -> Result<Option<Batch<'a>>>,
 ) -> Result<i64> {
     // Before the guard view check, which on a standby fails first with XX000 (#14).
     storage::writable(name)?;
@@ -160,19 +163,15 @@ fn write_unchecked(
     }
     entry.dirty = true;
     cache::mark_written(entry.doc_id);
-    entry.encoded_bytes += batch.updates.iter().map(Vec::len).sum::<usize>();
-    let authors: Vec<String> = (0..batch.updates.len())
-        .map(|i| match batch.authors.get(i) {
-            Some(Some(a)) => a.clone(),
-            _ => author.to_string(),
-        })
-        .collect();
+    entry.encoded_bytes += batch.updates.iter().map(|u| u.len()).sum::<usize>();
+    let updates: Vec<&[u8]> = batch.updates.iter().map(|u| &**u).collect();
     let seq = storage::append(
         &mut row,
-        &batch.updates,
+        &updates,
         batch.combined.as_deref(),
         origin,
-        &authors,
+        author,
+        &batch.authors,
     )?;
     entry.seq = seq;
     storage::maybe_compact(&mut row, &entry)?;

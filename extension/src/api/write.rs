@@ -1,5 +1,7 @@
 //! Writes: Yjs updates from clients, and text edits made in SQL.
 
+use std::borrow::Cow;
+
 use pgrx::prelude::*;
 
 use super::{check_author, doc_name, field_name, guarded, write, Batch};
@@ -9,33 +11,22 @@ use crate::{guc, merge, storage};
 
 /// Validates, integrates and appends a batch under one lock, one sequence range and one
 /// notification. Returns the last sequence assigned.
-fn apply(
+fn apply<'a>(
     name: &str,
-    updates: Vec<Vec<u8>>,
+    updates: Vec<&'a [u8]>,
     origin: Option<&str>,
-    authors: Vec<Option<String>>,
+    authors: Vec<Option<&'a str>>,
 ) -> Result<i64> {
     let limit = guc::max_update_bytes();
     let nesting = guc::max_nesting();
-    let batch = updates.len() > 1;
-    let decoded = updates
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            merge::decode_update(u, limit, nesting).map_err(|e| match e {
-                CollabError::MalformedUpdate(m) if batch => {
-                    CollabError::MalformedUpdate(format!("updates[{}]: {m}", i + 1))
-                }
-                other => other,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Before the lock: malformed or oversized input costs no lock and no document load.
+    let decoded = merge::decode_batch(&updates, limit, nesting)?;
     write(name, origin, |doc, depths| {
         // The update must integrate into the current document before it is stored: one that
         // makes yrs fail, or nests too deep in it, would make the document unreadable.
         let combined = merge::integrate(doc, depths, &updates, decoded, name, nesting)?;
         Ok(Some(Batch {
-            updates,
+            updates: updates.into_iter().map(Cow::Borrowed).collect(),
             combined,
             local: false,
             authors,
@@ -54,7 +45,7 @@ fn apply_update(
     (|| {
         let name = doc_name(doc)?;
         let update = required(update, "update")?;
-        apply(name, vec![update.to_vec()], origin, Vec::new())
+        apply(name, vec![update], origin, Vec::new())
     })()
     .or_raise()
 }
@@ -70,18 +61,18 @@ fn apply_updates(
 ) -> i64 {
     (|| {
         let name = doc_name(doc)?;
-        let batch = batch_of(updates)?;
+        let updates = required(updates, "updates")?;
+        let batch = batch_of(&updates)?;
         apply(name, batch, origin, Vec::new())
     })()
     .or_raise()
 }
 
-fn batch_of(updates: Option<Array<&[u8]>>) -> Result<Vec<Vec<u8>>> {
-    let updates = required(updates, "updates")?;
+/// The elements of `updates`, borrowed from the argument (they live for the whole call).
+fn batch_of<'a>(updates: &'a Array<'_, &[u8]>) -> Result<Vec<&'a [u8]>> {
     let mut batch = Vec::with_capacity(updates.len());
     for u in updates.iter() {
-        let u = u.ok_or(CollabError::Null("an element of updates"))?;
-        batch.push(u.to_vec());
+        batch.push(u.ok_or(CollabError::Null("an element of updates"))?);
     }
     if batch.is_empty() {
         return Err(CollabError::OutOfRange(
@@ -104,7 +95,8 @@ fn apply_updates_by(
 ) -> i64 {
     (|| {
         let name = doc_name(doc)?;
-        let batch = batch_of(updates)?;
+        let updates = required(updates, "updates")?;
+        let batch = batch_of(&updates)?;
         let authors = required(authors, "authors")?;
         if authors.len() != batch.len() {
             return Err(CollabError::InvalidArgument(format!(
@@ -118,7 +110,7 @@ fn apply_updates_by(
             if let Some(a) = a {
                 check_author(a)?;
             }
-            names.push(a.map(str::to_string));
+            names.push(a);
         }
         apply(name, batch, origin, names)
     })()

@@ -677,6 +677,50 @@ mod tests {
         let _: pgrx::JsonB = one("SELECT collab.to_json('fuzz')");
     }
 
+    /// A batch's depth check is the same whether the structs of its first scan are kept (up to
+    /// 65,536) or the batch is scanned again (past that): a batch whose last updates nest one
+    /// level too deep is refused whole, and one level less is stored.
+    #[pg_test]
+    fn nesting_is_checked_in_batches_past_the_structs_kept_from_the_first_scan() {
+        use crate::scan::build;
+        Spi::run("SET collab.max_nesting = 50").expect("set");
+        Spi::run("CREATE TEMP TABLE batch (i bigint, u bytea)").expect("table");
+        let p = Peer::new(7);
+        let filler: Vec<Vec<u8>> = (0..70_000u32).map(|i| p.insert(i, "z")).collect();
+        let levels = |upto: u32| (0..upto).map(|l| build::nested_map_level("m", l));
+        for (doc, n) in [("kept", 10usize), ("rescanned", filler.len())] {
+            let too_deep: Vec<Vec<u8>> = filler[..n].iter().cloned().chain(levels(51)).collect();
+            Spi::run("TRUNCATE batch").expect("truncate");
+            Spi::run_with_args(
+                "INSERT INTO batch SELECT i, u FROM unnest($1::bytea[]) WITH ORDINALITY AS t(u, i)",
+                &[too_deep.into()],
+            )
+            .expect("batch");
+            assert_eq!(
+                sqlstate(&format!(
+                    "SELECT collab.apply_updates('{doc}', \
+                     (SELECT array_agg(u ORDER BY i) FROM batch))"
+                )),
+                "54001",
+                "{doc}"
+            );
+            assert_eq!(
+                count(&format!(
+                    "SELECT count(*) FROM collab.updates u JOIN collab.documents d \
+                     ON d.id = u.doc_id WHERE d.name = '{doc}'"
+                )),
+                0,
+                "nothing of {doc} stored"
+            );
+            let fine: Vec<Vec<u8>> = filler[..n].iter().cloned().chain(levels(50)).collect();
+            let last = one_with::<i64>(
+                "SELECT collab.apply_updates($1, $2)",
+                &[doc.into(), fine.into()],
+            );
+            assert_eq!(last, (n + 50) as i64, "{doc}");
+        }
+    }
+
     #[pg_test]
     fn nesting_past_the_limit_is_refused_in_one_update_and_level_by_level() {
         use crate::scan::build;

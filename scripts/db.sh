@@ -37,11 +37,13 @@ start() {
             -o "-p $PORT -k $SOCK -c listen_addresses=127.0.0.1" >/dev/null
     fi
     # An existing database is upgraded in place to the installed version (the upgrade scripts
-    # keep every document); a new one gets the extension.
+    # keep every document); a new one gets the extension. The bridge's role may size its write
+    # lanes' document memory (--write-cache-mb), as the README advises a DBA to allow.
     psql_ -q -c "SET client_min_messages = warning" \
         -c "CREATE EXTENSION IF NOT EXISTS pg_collab" -c "ALTER EXTENSION pg_collab UPDATE" \
         -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'collab_bridge_dev')
-            THEN CREATE ROLE collab_bridge_dev LOGIN IN ROLE collab_bridge; END IF; END \$\$" >/dev/null
+            THEN CREATE ROLE collab_bridge_dev LOGIN IN ROLE collab_bridge; END IF; END \$\$" \
+        -c "GRANT SET ON PARAMETER collab.cache_bytes TO collab_bridge_dev" >/dev/null
     say "pg_collab $(psql_ -Atc "SELECT extversion FROM pg_extension WHERE extname = 'pg_collab'") in database postgres"
 }
 

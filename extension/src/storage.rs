@@ -329,42 +329,41 @@ pub fn append(
         // evaluated in lockstep, one row at a time) rather than `FROM unnest(...) WITH
         // ORDINALITY`, which materialises the whole batch in a tuplestore first. The array of
         // updates is built from the borrowed arguments, without an intermediate copy.
-        if authors.iter().all(Option::is_none) {
-            // Every update by the writer's default author (the common case): one text
-            // parameter instead of an array with one copy of it per update.
-            run(
-                client,
-                "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
-                 SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
-                        pg_catalog.unnest($3), $4, $5",
-                &[INT8, INT8, BYTEA_ARRAY, TEXT, TEXT],
-                &[
-                    row.id.into(),
-                    row.head_seq.into(),
-                    updates.to_vec().into(),
-                    origin.into(),
+        // Every update by the writer's default author (the common case): one text parameter
+        // instead of an array with one copy of it per update.
+        let (sql, author_type, author_arg): (&'static str, _, DatumWithOid) =
+            if authors.iter().all(Option::is_none) {
+                (
+                    "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
+                     SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
+                            pg_catalog.unnest($3), $4, $5",
+                    TEXT,
                     author.into(),
-                ],
-            )?;
-        } else {
-            let authors: Vec<&str> = (0..updates.len())
-                .map(|i| authors.get(i).copied().flatten().unwrap_or(author))
-                .collect();
-            run(
-                client,
-                "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
-                 SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
-                        pg_catalog.unnest($3), $4, pg_catalog.unnest($5)",
-                &[INT8, INT8, BYTEA_ARRAY, TEXT, TEXT_ARRAY],
-                &[
-                    row.id.into(),
-                    row.head_seq.into(),
-                    updates.to_vec().into(),
-                    origin.into(),
-                    authors.into(),
-                ],
-            )?;
-        }
+                )
+            } else {
+                let each: Vec<&str> = (0..updates.len())
+                    .map(|i| authors.get(i).copied().flatten().unwrap_or(author))
+                    .collect();
+                (
+                    "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
+                     SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
+                            pg_catalog.unnest($3), $4, pg_catalog.unnest($5)",
+                    TEXT_ARRAY,
+                    each.into(),
+                )
+            };
+        run(
+            client,
+            sql,
+            &[INT8, INT8, BYTEA_ARRAY, TEXT, author_type],
+            &[
+                row.id.into(),
+                row.head_seq.into(),
+                updates.to_vec().into(),
+                origin.into(),
+                author_arg,
+            ],
+        )?;
         run(
             client,
             "UPDATE collab.documents SET head_seq = $2, tail_bytes = tail_bytes + $3, \

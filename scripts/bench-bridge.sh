@@ -112,7 +112,7 @@ for load in "10 4 10" "50 2 20" "100 2 120"; do
 done
 "${psql[@]}" -c "ALTER SYSTEM RESET synchronous_commit" -c "SELECT pg_reload_conf()" >/dev/null
 
-committed="$("${psql[@]}" -Atc "SELECT count(*) FROM collab.updates")"
+committed="$("${psql[@]}" -Atc "SELECT coalesce(sum(span), 0) FROM collab.updates")"
 say "updates committed by collab-bridge during the runs: $committed"
 
 say "4. raw PostgreSQL ceiling: one row + NOTIFY per transaction (pgbench, 8 clients, $secs s)"

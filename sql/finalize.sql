@@ -43,12 +43,13 @@ COMMENT ON FUNCTION state_at(text, bigint) IS
 COMMENT ON FUNCTION text_at(text, bigint, text) IS
   'text_at(doc, seq, field DEFAULT ''content'') -> text. A text field as of sequence seq.';
 COMMENT ON FUNCTION updates_since(text, bigint) IS
-  'updates_since(doc, seq) -> setof (seq, update, origin, created_at). Log rows after seq, for '
-  'listeners catching up; from pruned history the first row is the floor checkpoint (origin '
-  '''checkpoint'').';
+  'updates_since(doc, seq) -> setof (seq, update, origin, created_at). The updates after seq, '
+  'one row each, for listeners catching up; from pruned history the first row is the floor '
+  'checkpoint (origin ''checkpoint'').';
 COMMENT ON FUNCTION prune(text, timestamptz) IS
   'prune(doc, before) -> bigint. Drops log rows and checkpoints older than before, keeping a '
-  'checkpoint where history is cut. Returns the number of log rows deleted.';
+  'checkpoint where history is cut (at the end of a log row). Returns the number of updates '
+  'deleted.';
 COMMENT ON FUNCTION broadcast(text, bytea, text) IS
   'broadcast(doc, payload, origin DEFAULT NULL). Ephemeral message (e.g. awareness) on channel '
   'collab: {"type":"broadcast","doc","origin","payload":base64}. Stored nowhere.';

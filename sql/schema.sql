@@ -31,6 +31,9 @@ CREATE TABLE updates (
     origin     text,
     created_at timestamptz NOT NULL DEFAULT now(),
     author     text,
+    -- The row holds updates seq .. seq + span - 1 (a pack: extension/src/pack.rs). Last, as
+    -- the 0.4.0 upgrade added it.
+    span       int NOT NULL DEFAULT 1 CHECK (span >= 1),
     PRIMARY KEY (doc_id, seq)
 );
 
@@ -61,8 +64,10 @@ COMMENT ON TABLE documents IS
   'last log sequence; checkpoint_seq the newest checkpoint; history_from the sequence below '
   'which history was pruned; sizes in bytes (tail_bytes: log bytes after the newest checkpoint).';
 COMMENT ON TABLE updates IS
-  'Append-only log of Yjs v1 updates, numbered per document from 1 without gaps. Kept as '
-  'history until collab.prune() drops it.';
+  'Append-only log of Yjs v1 updates, numbered per document from 1 without gaps. A row holds '
+  'span updates from seq on: the update itself when span = 1, else each prefixed with its '
+  'length as a lib0 varuint (Yjs writeVarUint8Array). Kept as history until collab.prune() '
+  'drops it.';
 COMMENT ON TABLE checkpoints IS
   'Merged document state as of a sequence (Yjs v1 update); reads start from the newest one.';
 -- Who may do what with which documents, beyond the collab_reader / collab_writer /
@@ -101,6 +106,9 @@ COMMENT ON COLUMN updates.origin IS 'Free-form tag of the writer (e.g. a bridge 
 COMMENT ON COLUMN updates.author IS
   'Who made the update: the token subject for bridge writes, collab.author or the SQL role for '
   'SQL edits (NULL: written before 0.3.0).';
+COMMENT ON COLUMN updates.span IS
+  'How many updates the row holds (sequences seq .. seq + span - 1): consecutive updates of one '
+  'write by one author share a row of up to about 1.8 kB.';
 
 -- The plain text of every document (all text and XML roots), for full-text search, written by
 -- the writes themselves (see extension/src/api/search.rs): current at commit, or within

@@ -1,6 +1,7 @@
 //! Backups and upgrades as a DBA does them: `pg_dump -Fc` + `pg_restore` and a plain-SQL dump
 //! into fresh databases, and `ALTER EXTENSION pg_collab UPDATE` of databases created with the
-//! released 0.1.0, 0.2.0 and 0.3.0 scripts. Documents with history, checkpoints and pruned ranges must come back
+//! released 0.1.0, 0.2.0, 0.3.0 and 0.3.1 scripts. Documents with history, checkpoints, pruned
+//! ranges and packed log rows must come back
 //! with identical text, state, head_seq and earlier versions; an upgraded database must have
 //! exactly the objects, privileges and comments of a fresh install.
 
@@ -150,12 +151,35 @@ fn run(mut cmd: Command) {
     );
 }
 
+/// Writes a batch by one author, which 0.4.0 stores in shared (packed) log rows.
+async fn fill_packed(cluster: &Cluster) {
+    let db = cluster.connect().await;
+    let peer = Peer::new(11);
+    let batch: Vec<Vec<u8>> = (0..200).map(|i| peer.insert(i, "p")).collect();
+    db.execute("SELECT collab.apply_updates('packed', $1)", &[&batch])
+        .await
+        .expect("batch");
+    let (rows, updates): (i64, i64) = db
+        .query_one(
+            "SELECT count(*), sum(span)::int8 FROM collab.updates u \
+             JOIN collab.documents d ON d.id = u.doc_id WHERE d.name = 'packed'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("rows");
+    assert_eq!(updates, 200);
+    assert!(rows < 20, "the batch shares rows: {rows}");
+}
+
 #[tokio::test]
 async fn dumps_and_restores_keep_every_document_and_rule() {
     let cluster = Cluster::start();
     fill(&cluster).await;
+    fill_packed(&cluster).await;
     let before = documents(&cluster.connect().await).await;
     assert!(before["history"].contains("history_from=3"), "{before:?}");
+    assert!(before["packed"].contains(&"p".repeat(200)), "{before:?}");
     assert!(before["gone"].contains("deleted=true"), "{before:?}");
     let dir = tempfile::tempdir().expect("temp dir");
     let custom = dir.path().join("db.dump");
@@ -296,11 +320,11 @@ async fn catalog(db: &Client) -> Vec<String> {
         .collect()
 }
 
-/// Puts the released install scripts (0.1.0, 0.2.0, 0.3.0) where `CREATE EXTENSION ... VERSION` finds
+/// Puts the released install scripts (0.1.0 to 0.3.1) where `CREATE EXTENSION ... VERSION` finds
 /// them (they are not installed with the extension: with the current library they are only good
 /// for being upgraded).
 fn install_released_scripts() {
-    for version in ["0.1.0", "0.2.0", "0.3.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0", "0.3.1"] {
         install_released_script(version);
     }
 }
@@ -334,8 +358,13 @@ async fn a_database_of_release_0_2_0_upgrades_in_place_through_0_3_0_and_keeps_e
 }
 
 #[tokio::test]
-async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_document() {
+async fn a_database_of_release_0_3_0_upgrades_in_place_through_0_3_1_and_keeps_every_document() {
     upgrades_from("0.3.0").await;
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_release_upgrades_in_place_and_keeps_every_document() {
+    upgrades_from("0.3.1").await;
 }
 
 /// A database made by release `from`, holding the documents of `fill`, upgraded to this
@@ -346,7 +375,8 @@ async fn upgrades_from(from: &str) {
     fill(&cluster).await;
     let source = documents(&cluster.connect().await).await;
 
-    // An old database holding the same documents, stored as that release stored them (the log,
+    // An old database holding the same documents, stored as that release stored them (`fill`
+    // writes one update per call, so every log row holds one update, as before 0.4.0; the
     // checkpoint and counter formats did not change; 0.1.0 had no tombstones, so the deleted
     // document is left out; authors and search texts are 0.3.0's). The rows are copied in
     // rather than written with the old functions, which would run this release's library
@@ -473,6 +503,31 @@ async fn upgrades_from(from: &str) {
         .expect("write after upgrade")
         .get(0);
     assert_eq!(seq, 6);
+    // A batch goes into shared rows of the upgraded table, and reads back update by update.
+    let peer = Peer::new(12);
+    let batch: Vec<Vec<u8>> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| peer.insert(i as u32, s))
+        .collect();
+    old.execute(
+        "SELECT collab.apply_updates('after-upgrade', $1)",
+        &[&batch],
+    )
+    .await
+    .expect("batch after upgrade");
+    let (rows, since, text): (i64, i64, String) = old
+        .query_one(
+            "SELECT (SELECT count(*) FROM collab.updates u JOIN collab.documents d \
+                     ON d.id = u.doc_id WHERE d.name = 'after-upgrade'), \
+                    (SELECT count(*) FROM collab.updates_since('after-upgrade', 1)), \
+                    collab.text('after-upgrade')",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .expect("packed after upgrade");
+    assert_eq!((rows, since, text.as_str()), (1, 2, "abc"));
     old.batch_execute("CREATE ROLE upgraded_app LOGIN IN ROLE collab_writer")
         .await
         .expect("role");

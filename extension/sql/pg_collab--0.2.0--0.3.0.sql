@@ -214,5 +214,6 @@ TO collab_user;
 GRANT EXECUTE ON FUNCTION refresh_search(bigint) TO collab_admin, collab_bridge;
 GRANT SELECT ON document_texts TO collab_reader;
 
--- Documents written before 0.3.0 become searchable now (one decode of each document).
-SELECT @extschema@.refresh_search();
+-- Documents written before 0.3.0 become searchable at the end of the upgrade: the last script
+-- of the chain (pg_collab--0.3.1--0.4.0.sql) calls collab.refresh_search(). It cannot run here,
+-- because the library that runs it is the newest one, which reads the newest log layout.

@@ -2,9 +2,9 @@
 //!
 //! Layout: `api` holds the SQL surface (thin `#[pg_extern]` wrappers); `merge` the pure yrs
 //! logic; `scan` the byte-level check of every Yjs byte string; `depth` the nesting of shared
-//! types; `storage` the SPI queries on the log; `cache` the per-backend decoded documents;
-//! `notify` the sealed NOTIFY payloads; `rights` who may do what, and running as the owner;
-//! `guard` the DROP EXTENSION guard; `guc` the settings; `error` the SQLSTATE mapping.
+//! types; `storage` the SPI queries on the log; `pack` how a log row holds several updates;
+//! `cache` the per-backend decoded documents; `notify` the sealed NOTIFY payloads; `rights`
+//! who may do what, and running as the owner; `guard` the DROP EXTENSION guard; `guc` the settings; `error` the SQLSTATE mapping.
 
 use pgrx::prelude::*;
 
@@ -17,6 +17,7 @@ mod guard;
 mod guc;
 mod merge;
 mod notify;
+mod pack;
 mod plaintext;
 mod restore;
 mod rights;
@@ -31,6 +32,8 @@ mod fuzz;
 mod pg_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests_data;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests_log;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(last, 10);
         assert_eq!(text_of("batch"), "xxxxxxxxxx");
         assert_eq!(
-            count("SELECT count(*) FROM collab.updates WHERE origin = 'o'"),
+            count("SELECT sum(span)::int8 FROM collab.updates WHERE origin = 'o'"),
             10
         );
         // A bad element refuses the whole batch.

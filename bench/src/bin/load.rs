@@ -210,11 +210,12 @@ async fn committed(db: &tokio_postgres::Client, prefix: &str) -> Option<i64> {
     row.try_get(0).ok()
 }
 
-/// Rows of the run's documents in `collab.updates` (the log itself, not the head counters).
+/// Updates of the run's documents in `collab.updates` (the log itself, not the head counters;
+/// a row holds `span` of them).
 async fn rows(db: &tokio_postgres::Client, prefix: &str) -> Option<i64> {
     let row = db
         .query_one(
-            "SELECT count(*) FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id \
+            "SELECT coalesce(sum(u.span), 0)::int8 FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id \
              WHERE d.name LIKE $1",
             &[&format!("{prefix}%")],
         )

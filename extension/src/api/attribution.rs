@@ -5,13 +5,9 @@ use pgrx::prelude::*;
 
 use super::{doc_name, field_name, guarded, read};
 use crate::authorship::{self, Authorship};
-use crate::error::{required, CollabError, OrRaise, Result};
+use crate::error::{required, OrRaise, Result};
 use crate::rights::Right;
 use crate::{guc, storage};
-
-fn spi_err(e: pgrx::spi::SpiError) -> CollabError {
-    CollabError::Internal(format!("SPI: {e}"))
-}
 
 type Ts = Option<TimestampWithTimeZone>;
 
@@ -37,27 +33,13 @@ fn history(
         let name = doc_name(doc)?;
         let after = required(after, "after")?;
         guarded(name, Right::Read, || {
-            Spi::connect(|c| {
-                let t = c.select(
-                    "SELECT u.seq, u.author, u.origin, u.created_at, octet_length(u.update)::int8 \
-                     FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id \
-                     WHERE d.name = $1 AND d.deleted_at IS NULL AND u.seq > $2 ORDER BY u.seq",
-                    None,
-                    &[name.into(), after.into()],
-                )?;
-                let mut out = Vec::new();
-                for r in t {
-                    out.push((
-                        r.get::<i64>(1)?.unwrap_or(0),
-                        r.get::<String>(2)?,
-                        r.get::<String>(3)?,
-                        r.get::<TimestampWithTimeZone>(4)?,
-                        r.get::<i64>(5)?.unwrap_or(0),
-                    ));
-                }
-                Ok(out)
-            })
-            .map_err(spi_err)
+            Ok(storage::updates_after(name, after)?
+                .into_iter()
+                .map(|r| {
+                    let bytes = r.update.len() as i64;
+                    (r.seq, r.author, r.origin, r.created_at, bytes)
+                })
+                .collect::<Vec<_>>())
         })
     })()
     .or_raise();
@@ -71,35 +53,12 @@ fn authorship_of(name: &str) -> Result<Authorship> {
         return Ok(who);
     };
     let nesting = guc::max_nesting();
-    let mut after = row.history_from;
-    loop {
-        let rows: Vec<(i64, Vec<u8>, Option<String>)> = Spi::connect(|c| {
-            let t = c.select(
-                "SELECT seq, update, author FROM collab.updates \
-                 WHERE doc_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT 1024",
-                None,
-                &[row.id.into(), after.into(), row.head_seq.into()],
-            )?;
-            let mut out = Vec::new();
-            for r in t {
-                out.push((
-                    r.get::<i64>(1)?.unwrap_or(0),
-                    r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                    r.get::<String>(3)?,
-                ));
-            }
-            Ok(out)
-        })
-        .map_err(spi_err)?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        for (_, update, author) in rows {
-            who.add(&update, author, nesting)?;
+    storage::each_page(&row, row.history_from, row.head_seq, 1024, |updates| {
+        for u in updates {
+            who.add(&u.update, u.author, nesting)?;
         }
-        after = last;
-        pgrx::check_for_interrupts!();
-    }
+        Ok(())
+    })?;
     Ok(who)
 }
 

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 use super::{doc_name, guarded};
 use crate::error::{required, CollabError, OrRaise};
 use crate::rights::{self, Right};
+use crate::storage;
 
 fn spi_err(e: pgrx::spi::SpiError) -> CollabError {
     CollabError::Internal(format!("SPI: {e}"))
@@ -147,26 +148,10 @@ fn log_entries(
         let name = doc_name(doc)?;
         let after = required(after, "after")?;
         guarded(name, Right::Read, || {
-            Spi::connect(|c| {
-                let t = c.select(
-                    "SELECT u.seq, u.origin, u.created_at, octet_length(u.update)::int8 \
-                     FROM collab.updates u JOIN collab.documents d ON d.id = u.doc_id \
-                     WHERE d.name = $1 AND d.deleted_at IS NULL AND u.seq > $2 ORDER BY u.seq",
-                    None,
-                    &[name.into(), after.into()],
-                )?;
-                let mut out = Vec::new();
-                for r in t {
-                    out.push((
-                        r.get::<i64>(1)?.unwrap_or(0),
-                        r.get::<String>(2)?,
-                        r.get::<TimestampWithTimeZone>(3)?,
-                        r.get::<i64>(4)?.unwrap_or(0),
-                    ));
-                }
-                Ok(out)
-            })
-            .map_err(spi_err)
+            Ok(storage::updates_after(name, after)?
+                .into_iter()
+                .map(|r| (r.seq, r.origin, r.created_at, r.update.len() as i64))
+                .collect::<Vec<_>>())
         })
     })()
     .or_raise();

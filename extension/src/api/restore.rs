@@ -9,10 +9,6 @@ use crate::error::{required, CollabError, OrRaise, Result};
 use crate::rights::{self, Right};
 use crate::{authorship, guc, restore as restoring, storage};
 
-fn spi_err(e: pgrx::spi::SpiError) -> CollabError {
-    CollabError::Internal(format!("SPI: {e}"))
-}
-
 /// Makes the document read as it did right after update `seq`, with one new update (merged
 /// by concurrent editors like any other, and a version of its own in the history). Needs the
 /// write right. Returns the head sequence (unchanged when it already reads so).
@@ -49,36 +45,16 @@ fn inserted_by(name: &str, author: &str, after: i64, upto: i64) -> Result<yrs::I
     }
     let nesting = guc::max_nesting();
     let mut ids = yrs::IdSet::new();
-    let mut from = after;
-    loop {
-        // A page at a time: the author's updates in a long range need not fit in memory at once.
-        let rows: Vec<(i64, Vec<u8>)> = Spi::connect(|c| {
-            let t = c.select(
-                "SELECT seq, update FROM collab.updates \
-                 WHERE doc_id = $1 AND seq > $2 AND seq <= $3 AND author = $4 \
-                 ORDER BY seq LIMIT 1024",
-                None,
-                &[row.id.into(), from.into(), upto.into(), author.into()],
-            )?;
-            let mut out = Vec::new();
-            for r in t {
-                out.push((
-                    r.get::<i64>(1)?.unwrap_or(0),
-                    r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                ));
-            }
-            Ok(out)
-        })
-        .map_err(spi_err)?;
-        let Some(last) = rows.last().map(|r| r.0) else {
-            break;
-        };
-        for (_, update) in &rows {
-            ids.merge_with(authorship::insertions(update, nesting)?);
+    // A page at a time: the author's updates in a long range need not fit in memory at once.
+    storage::each_page(&row, after, upto, 1024, |updates| {
+        for u in updates
+            .iter()
+            .filter(|u| u.author.as_deref() == Some(author))
+        {
+            ids.merge_with(authorship::insertions(&u.update, nesting)?);
         }
-        from = last;
-        pgrx::check_for_interrupts!();
-    }
+        Ok(())
+    })?;
     Ok(ids)
 }
 

@@ -15,10 +15,14 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::{PgBuiltInOids, PgOid};
 use yrs::Doc;
 
+mod log;
+
+pub use log::{each_page, rows_since, updates_after, LogPages};
+
 use crate::cache::{self, Entry};
 use crate::depth::Depths;
 use crate::error::{CollabError, Result};
-use crate::{guc, merge, notify};
+use crate::{guc, merge, notify, pack};
 
 /// A document row, as locked or read by the current statement.
 #[derive(Debug, Clone)]
@@ -39,6 +43,9 @@ const INT8: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8OID);
 const BYTEA: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAOID);
 const BYTEA_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::BYTEAARRAYOID);
 const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
+const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+const INT4_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4ARRAYOID);
+const INT8_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT8ARRAYOID);
 const TIMESTAMPTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
 
 /// `SELECT <document row columns> <tail>`, built at compile time so plans can be cached by
@@ -192,23 +199,6 @@ pub fn lock(name: &str, create: bool) -> Result<Option<DocRow>> {
     })
 }
 
-/// Log rows with `after < seq <= upto`, in order.
-fn log_rows(client: &mut SpiClient, doc_id: i64, after: i64, upto: i64) -> Result<Vec<Vec<u8>>> {
-    let t = query(
-        client,
-        "SELECT update FROM collab.updates WHERE doc_id = $1 AND seq > $2 AND seq <= $3 \
-         ORDER BY seq",
-        &[INT8, INT8, INT8],
-        &[doc_id.into(), after.into(), upto.into()],
-    )?;
-    let mut out = Vec::with_capacity(t.len());
-    for row in t {
-        let bytes: Option<Vec<u8>> = row.get(1).map_err(spi_err)?;
-        out.push(bytes.unwrap_or_default());
-    }
-    Ok(out)
-}
-
 /// The newest checkpoint at or before `seq`: (its seq, its state).
 fn checkpoint_at_or_before(
     client: &mut SpiClient,
@@ -247,7 +237,7 @@ fn load_tracked(row: &DocRow, seq: i64) -> Result<(Doc, Depths, usize)> {
     Spi::connect_mut(|client| {
         let checkpoint = checkpoint_at_or_before(client, row.id, seq)?;
         let from = checkpoint.as_ref().map_or(0, |(s, _)| *s);
-        let rows = log_rows(client, row.id, from, seq)?;
+        let rows = log::updates_between(client, row, from, seq)?;
         if rows.len() as i64 != seq - from {
             return Err(CollabError::Corrupt {
                 doc: row.name.clone(),
@@ -281,7 +271,7 @@ pub fn open(row: &DocRow) -> Result<Entry> {
             return Ok(entry);
         }
         if !entry.dirty && entry.seq < row.head_seq && entry.seq >= row.history_from {
-            let rows = Spi::connect_mut(|c| log_rows(c, row.id, entry.seq, row.head_seq))?;
+            let rows = Spi::connect_mut(|c| log::updates_between(c, row, entry.seq, row.head_seq))?;
             if rows.len() as i64 == row.head_seq - entry.seq {
                 merge::apply_stored(
                     &entry.doc,
@@ -310,7 +300,8 @@ pub fn open(row: &DocRow) -> Result<Entry> {
 /// Appends validated updates after `row.head_seq` in one statement (so the NOTIFY trigger
 /// fires once for the batch) and advances the row. `combined` is the batch as one update when
 /// the caller already has it. `authors[i]` made `updates[i]`; `author` stands in for a missing
-/// or `None` element. Returns the last sequence assigned.
+/// or `None` element. Consecutive updates by one author share log rows (see `pack`); the
+/// document's byte counts are what the rows store. Returns the last sequence assigned.
 pub fn append(
     row: &mut DocRow,
     updates: &[&[u8]],
@@ -320,50 +311,54 @@ pub fn append(
     authors: &[Option<&str>],
 ) -> Result<i64> {
     let n = updates.len() as i64;
-    let bytes: i64 = updates.iter().map(|u| u.len() as i64).sum();
     let seq_from = row.head_seq + 1;
     let seq_to = row.head_seq + n;
     notify::stash(row, seq_from, seq_to, updates, combined, origin);
+    let rows = pack::pack(updates, |i| {
+        authors.get(i).copied().flatten().unwrap_or(author)
+    });
+    let bytes: i64 = rows.iter().map(|r| r.bytes.len() as i64).sum();
     Spi::connect_mut(|client| {
-        // The log rows come from set-returning functions in the select list (a ProjectSet,
-        // evaluated in lockstep, one row at a time) rather than `FROM unnest(...) WITH
-        // ORDINALITY`, which materialises the whole batch in a tuplestore first. The array of
-        // updates is built from the borrowed arguments, without an intermediate copy.
-        // Every update by the writer's default author (the common case): one text parameter
-        // instead of an array with one copy of it per update.
-        let (sql, author_type, author_arg): (&'static str, _, DatumWithOid) =
-            if authors.iter().all(Option::is_none) {
-                (
-                    "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
-                     SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
-                            pg_catalog.unnest($3), $4, $5",
-                    TEXT,
-                    author.into(),
-                )
-            } else {
-                let each: Vec<&str> = (0..updates.len())
-                    .map(|i| authors.get(i).copied().flatten().unwrap_or(author))
-                    .collect();
-                (
-                    "INSERT INTO collab.updates (doc_id, seq, update, origin, author) \
-                     SELECT $1, $2 + pg_catalog.generate_subscripts($3, 1), \
-                            pg_catalog.unnest($3), $4, pg_catalog.unnest($5)",
-                    TEXT_ARRAY,
-                    each.into(),
-                )
-            };
-        run(
-            client,
-            sql,
-            &[INT8, INT8, BYTEA_ARRAY, TEXT, author_type],
-            &[
-                row.id.into(),
-                row.head_seq.into(),
-                updates.to_vec().into(),
-                origin.into(),
-                author_arg,
-            ],
-        )?;
+        if let [one] = rows.as_slice() {
+            // One row (a lone update at light load, or a small batch by one author).
+            run(
+                client,
+                "INSERT INTO collab.updates (doc_id, seq, span, update, origin, author) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[INT8, INT8, INT4, BYTEA, TEXT, TEXT],
+                &[
+                    row.id.into(),
+                    seq_from.into(),
+                    (one.span as i32).into(),
+                    one.bytes.as_ref().into(),
+                    origin.into(),
+                    one.author.into(),
+                ],
+            )?;
+        } else {
+            // The rows come from set-returning functions in the select list (a ProjectSet,
+            // evaluated in lockstep, one row at a time) rather than `FROM unnest(...)`, which
+            // would materialise them in a tuplestore first.
+            let seqs: Vec<i64> = rows.iter().map(|r| seq_from + r.first as i64).collect();
+            let spans: Vec<i32> = rows.iter().map(|r| r.span as i32).collect();
+            let blobs: Vec<&[u8]> = rows.iter().map(|r| r.bytes.as_ref()).collect();
+            let who: Vec<&str> = rows.iter().map(|r| r.author).collect();
+            run(
+                client,
+                "INSERT INTO collab.updates (doc_id, seq, span, update, origin, author) \
+                 SELECT $1, pg_catalog.unnest($2), pg_catalog.unnest($3), \
+                        pg_catalog.unnest($4), $5, pg_catalog.unnest($6)",
+                &[INT8, INT8_ARRAY, INT4_ARRAY, BYTEA_ARRAY, TEXT, TEXT_ARRAY],
+                &[
+                    row.id.into(),
+                    seqs.into(),
+                    spans.into(),
+                    blobs.into(),
+                    origin.into(),
+                    who.into(),
+                ],
+            )?;
+        }
         run(
             client,
             "UPDATE collab.documents SET head_seq = $2, tail_bytes = tail_bytes + $3, \
@@ -493,137 +488,14 @@ fn first_checkpoint_of_xact() -> bool {
     CHECKPOINTED_IN.with(|c| c.replace(xact) != xact)
 }
 
-/// One row of `collab.updates_since`.
-pub struct LogRow {
-    pub seq: i64,
-    pub update: Vec<u8>,
-    pub origin: Option<String>,
-    pub created_at: Option<pgrx::datum::TimestampWithTimeZone>,
-}
-
-/// Log rows after `after`, for listeners catching up, fetched a page at a time as the caller
-/// consumes them, so memory is one page, not the log. When `after` lies in pruned history, the
-/// checkpoint at the history floor comes first (origin `checkpoint`) so nothing is missed.
-pub fn rows_since(row: &DocRow, after: i64) -> Result<LogPages> {
-    let mut pages = LogPages {
-        doc_id: row.id,
-        after: after.max(0),
-        upto: row.head_seq,
-        page: LogPages::FIRST_PAGE,
-        buf: std::collections::VecDeque::new(),
-    };
-    if pages.after < row.history_from {
-        let floor = Spi::connect_mut(|c| checkpoint_at_or_before(c, row.id, row.history_from))?;
-        if let Some((seq, state)) = floor {
-            pages.buf.push_back(LogRow {
-                seq,
-                update: state,
-                origin: Some("checkpoint".into()),
-                created_at: None,
-            });
-            pages.after = seq;
-        }
-    }
-    Ok(pages)
-}
-
-/// The rows of `collab.updates_since`, read in pages sized to their bytes.
-pub struct LogPages {
-    doc_id: i64,
-    /// Last sequence read.
-    after: i64,
-    /// The head when the call started: later rows are the next call's.
-    upto: i64,
-    /// Rows to fetch next: doubled while pages are small, halved while they are big.
-    page: i64,
-    buf: std::collections::VecDeque<LogRow>,
-}
-
-impl LogPages {
-    const FIRST_PAGE: i64 = 64;
-    const MAX_PAGE: i64 = 8192;
-    /// Bytes a page aims at (rows are up to `collab.max_update_bytes` each).
-    const PAGE_BYTES: usize = 4 << 20;
-
-    pub fn empty() -> Self {
-        LogPages {
-            doc_id: 0,
-            after: 0,
-            upto: 0,
-            page: Self::FIRST_PAGE,
-            buf: std::collections::VecDeque::new(),
-        }
-    }
-
-    fn fetch(&mut self) -> Result<()> {
-        // Pages after the first are read while PostgreSQL consumes the rows, after the function
-        // body returned: as the table owner again (the caller's right was checked at the start).
-        let rows = crate::rights::as_owner(|| {
-            Spi::connect_mut(|client| {
-                let t = query(
-                    client,
-                    "SELECT seq, update, origin, created_at FROM collab.updates \
-                 WHERE doc_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
-                    &[INT8, INT8, INT8, INT8],
-                    &[
-                        self.doc_id.into(),
-                        self.after.into(),
-                        self.upto.into(),
-                        self.page.into(),
-                    ],
-                )?;
-                let mut out = Vec::with_capacity(t.len());
-                for r in t {
-                    out.push(LogRow {
-                        seq: r.get(1).map_err(spi_err)?.unwrap_or_default(),
-                        update: r.get(2).map_err(spi_err)?.unwrap_or_default(),
-                        origin: r.get(3).map_err(spi_err)?,
-                        created_at: r.get(4).map_err(spi_err)?,
-                    });
-                }
-                Ok::<_, CollabError>(out)
-            })
-        })?;
-        let bytes: usize = rows.iter().map(|r| r.update.len()).sum();
-        if (rows.len() as i64) < self.page {
-            self.upto = self.after; // nothing more
-        }
-        if let Some(last) = rows.last() {
-            self.after = last.seq;
-        }
-        self.page = if bytes < Self::PAGE_BYTES / 2 {
-            (self.page * 2).min(Self::MAX_PAGE)
-        } else if bytes > Self::PAGE_BYTES {
-            (self.page / 2).max(1)
-        } else {
-            self.page
-        };
-        self.buf.extend(rows);
-        Ok(())
-    }
-}
-
-impl Iterator for LogPages {
-    type Item = Result<LogRow>;
-
-    fn next(&mut self) -> Option<Result<LogRow>> {
-        if self.buf.is_empty() && self.after < self.upto {
-            if let Err(e) = self.fetch() {
-                self.upto = self.after;
-                return Some(Err(e));
-            }
-        }
-        self.buf.pop_front().map(Ok)
-    }
-}
-
 /// Drops history older than `before`, keeping a checkpoint where it is cut so that every
-/// later version stays readable. Returns the number of log rows deleted.
+/// later version stays readable. History is cut at the end of a log row (rows hold one or
+/// more updates of one transaction: see `pack`). Returns the number of updates deleted.
 pub fn prune(row: &mut DocRow, before: pgrx::datum::TimestampWithTimeZone) -> Result<i64> {
     let cut: Option<i64> = Spi::connect_mut(|client| {
         let t = run(
             client,
-            "SELECT max(seq) FROM collab.updates WHERE doc_id = $1 AND created_at < $2",
+            "SELECT max(seq + span - 1) FROM collab.updates WHERE doc_id = $1 AND created_at < $2",
             &[INT8, TIMESTAMPTZ],
             &[row.id.into(), before.into()],
         )?;
@@ -643,8 +515,8 @@ pub fn prune(row: &mut DocRow, before: pgrx::datum::TimestampWithTimeZone) -> Re
         let t = run(
             client,
             "WITH gone AS (DELETE FROM collab.updates WHERE doc_id = $1 AND seq <= $2 \
-                           RETURNING octet_length(update) AS bytes) \
-             SELECT count(*)::int8, coalesce(sum(bytes), 0)::int8 FROM gone",
+                           RETURNING span, octet_length(update) AS bytes) \
+             SELECT coalesce(sum(span), 0)::int8, coalesce(sum(bytes), 0)::int8 FROM gone",
             &[INT8, INT8],
             &[row.id.into(), cut.into()],
         )?

@@ -13,6 +13,7 @@
 #   LOADS (default "10 4 10,50 2 20,100 5 10"): docs clients rate-per-client;
 #   PROCS (default 4): Node.js harness processes per run (each takes a share of the documents);
 #   BRIDGE_BIN: the collab-bridge binary to measure (default: this checkout's release build);
+#   BRIDGE_ARGS: more arguments for it (e.g. "--search-lag-ms 3600000" to take re-indexing out);
 #   HARNESS (default "node rust"): which harnesses to run.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -37,9 +38,10 @@ say "bridge: $bridge_bin ($(stat -c %y "$bridge_bin" | cut -d. -f1))"
 secret="bench-secret-bench-secret-bench-secret"
 token="$(write_all_token "$secret")"
 bport="$(free_port)"
+read -r -a bridge_args <<<"${BRIDGE_ARGS:-}"
 "$bridge_bin" --listen "127.0.0.1:$bport" --database-url "$url" \
     --jwt-secret "$secret" --allow-query-token --log warn \
-    --max-connections-per-subject 0 --connect-rate 0 >/dev/null &
+    --max-connections-per-subject 0 --connect-rate 0 "${bridge_args[@]}" >/dev/null &
 bridge=$!
 pids+=("$bridge")
 rport="$(free_port)"

@@ -118,6 +118,10 @@ COMMENT ON FUNCTION refresh_search(bigint) IS
   'refresh_search(lim DEFAULT NULL) -> bigint. Indexes documents whose searchable text is '
   'missing (written before 0.3.0) or stale (collab.search_lag), at most lim. collab_admin and '
   'collab_bridge. How many were indexed.';
+COMMENT ON FUNCTION search_backlog() IS
+  'search_backlog() -> (documents, oldest_write). How far search is behind the writes: the '
+  'documents whose searchable text is stale or missing, and when the oldest write not yet '
+  'searchable was made (NULL: none). collab_admin and collab_bridge.';
 COMMENT ON FUNCTION has_access(text, text) IS
   'has_access(doc, level DEFAULT ''read'') -> boolean. Whether the caller may read, write or '
   'admin the document.';
@@ -166,11 +170,12 @@ GRANT EXECUTE ON FUNCTION
 TO collab_user;
 GRANT EXECUTE ON FUNCTION
     grant_access(text, text, text), revoke_access(text, text), rotate_notification_key(),
-    refresh_search(bigint)
+    refresh_search(bigint), search_backlog()
 TO collab_admin;
 -- Readers (every document) may join the indexed texts with their own tables.
 GRANT SELECT ON document_texts TO collab_reader;
-GRANT EXECUTE ON FUNCTION notification_keys(), refresh_search(bigint) TO collab_bridge;
+GRANT EXECUTE ON FUNCTION notification_keys(), refresh_search(bigint), search_backlog()
+TO collab_bridge;
 -- Administrators may read the rules; they change them with grant_access / revoke_access.
 GRANT SELECT ON access_rules TO collab_admin;
 

@@ -301,6 +301,24 @@ pub async fn refresh_search(pool: &Pool, limit: i64, lag: Duration) -> Result<i6
     Ok(n)
 }
 
+/// How far search is behind (`collab.search_backlog`): stale documents, and the age of the
+/// oldest write search does not have yet (`None`: none).
+pub async fn search_backlog(pool: &Pool) -> Result<(i64, Option<Duration>)> {
+    let c = client(pool).await?;
+    let st = c
+        .prepare_cached(
+            "SELECT documents, extract(epoch FROM now() - oldest_write)::float8 \
+             FROM collab.search_backlog()",
+        )
+        .await?;
+    let row = c.query_one(&st, &[]).await?;
+    let age: Option<f64> = row.try_get(1)?;
+    Ok((
+        row.try_get(0)?,
+        age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+    ))
+}
+
 /// A document matching a search (`collab.search`).
 pub struct Hit {
     pub name: String,

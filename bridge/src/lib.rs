@@ -303,6 +303,7 @@ impl AppState {
         let pools: Vec<Pool> = self.shards.all().iter().map(|s| s.pool.clone()).collect();
         let lag = self.cfg.search_lag();
         let cancel = self.cancel.clone();
+        let metrics = self.metrics.clone();
         self.tracker.spawn(async move {
             let mut tick = tokio::time::interval(lag);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -324,6 +325,22 @@ impl AppState {
                         }
                     }
                 }
+                // What is left stale after the refresh (a pg_collab before 0.4.0 has no
+                // search_backlog: the gauges stay at 0).
+                let (mut documents, mut oldest) = (0u64, Duration::ZERO);
+                for (i, pool) in pools.iter().enumerate() {
+                    match db::search_backlog(pool).await {
+                        Ok((n, age)) => {
+                            documents += n.max(0) as u64;
+                            oldest = oldest.max(age.unwrap_or_default());
+                        }
+                        Err(e) => tracing::debug!(shard = i, "search backlog: {e}"),
+                    }
+                }
+                metrics.search_stale_documents.store(documents, Relaxed);
+                metrics
+                    .search_stale_ms
+                    .store(oldest.as_millis() as u64, Relaxed);
             }
         });
     }

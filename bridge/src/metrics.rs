@@ -77,6 +77,10 @@ pub struct Metrics {
     pub listener_reconnects: AtomicU64,
     /// `collab.cache_bytes` of the last write-lane connection set up (what --write-cache-mb got).
     pub write_cache_bytes: AtomicU64,
+    /// `collab.search_backlog()` at the refresher's last tick, summed over shards: documents
+    /// whose search text is stale, and the age of the oldest write search does not have yet.
+    pub search_stale_documents: AtomicU64,
+    pub search_stale_ms: AtomicU64,
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub notify_lag_seconds: Histogram,
@@ -111,6 +115,8 @@ impl Default for Metrics {
             listener_up: AtomicU64::new(0),
             listener_reconnects: AtomicU64::new(0),
             write_cache_bytes: AtomicU64::new(0),
+            search_stale_documents: AtomicU64::new(0),
+            search_stale_ms: AtomicU64::new(0),
             batch_size: Histogram::new(SIZES),
             commit_seconds: Histogram::new(TXN_SECONDS),
             notify_lag_seconds: Histogram::new(SECONDS),
@@ -205,6 +211,20 @@ impl Collector for Scrape {
              below --write-cache-mb when the bridge's role may not set it.",
             &m.write_cache_bytes,
         )?;
+        gauge(
+            &mut enc,
+            "collab_bridge_search_stale_documents",
+            "Documents whose search text is behind their writes (collab.search_backlog, all \
+             shards, at the search refresher's last tick).",
+            &m.search_stale_documents,
+        )?;
+        let stale = ConstGauge::new(m.search_stale_ms.load(Relaxed) as f64 / 1000.0);
+        stale.encode(enc.encode_descriptor(
+            "collab_bridge_search_stale_seconds",
+            "Age of the oldest write that search does not find yet (0: search is current).",
+            None,
+            stale.metric_type(),
+        )?)?;
         gauge(
             &mut enc,
             "collab_bridge_hocuspocus_documents",

@@ -305,3 +305,49 @@ async fn the_lanes_document_memory_follows_write_cache_mb_only_where_the_dba_gra
         mb(200.0)
     );
 }
+
+/// Search that lags the writes (`--search-lag-ms`) says by how much: while a document is being
+/// typed in, the refresher's reading of `collab.search_backlog()` shows it stale; once typing
+/// stops, the refresher indexes it and the gauges go back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_backlog_metrics_show_a_document_being_typed_until_search_catches_up() {
+    let pg = Pg::start();
+    let b = Bridge::start(&pg, "a", &["--search-lag-ms", "1000"]).await;
+    let c = YClient::connect(&b.ws_url("typed"), Some(&writer_token())).await;
+    c.wait_synced().await;
+    let mut typed = 0u32;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        c.insert(typed, "x");
+        typed += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if typed.is_multiple_of(10)
+            && b.metric("collab_bridge_search_stale_documents").await >= 1.0
+            && b.metric("collab_bridge_search_stale_seconds").await > 0.0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the document being typed never showed as stale"
+        );
+    }
+    assert!(
+        wait_text_in_db(
+            &pg,
+            "typed",
+            &"x".repeat(typed as usize),
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while b.metric("collab_bridge_search_stale_documents").await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "search never caught up after typing stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(b.metric("collab_bridge_search_stale_seconds").await, 0.0);
+}

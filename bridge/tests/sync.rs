@@ -246,8 +246,7 @@ async fn updates_from_two_bridges_reach_each_bridges_clients_in_sequence_order_e
     // The log, in sequence order: which marker each sequence holds.
     let rows = db
         .query(
-            "SELECT u.seq, u.update FROM collab.updates u JOIN collab.documents d \
-             ON d.id = u.doc_id WHERE d.name = $1 ORDER BY u.seq",
+            "SELECT seq, update FROM collab.updates_since($1, 0) ORDER BY seq",
             &[&doc],
         )
         .await

@@ -8,7 +8,7 @@ mod tests {
     use pgrx::prelude::*;
     use yrs::updates::decoder::Decode;
     use yrs::{
-        Array, Doc, Map, ReadTxn, Transact, Update, WriteTxn, XmlElementPrelim, XmlFragment,
+        Array, Doc, Map, ReadTxn, Text, Transact, Update, WriteTxn, XmlElementPrelim, XmlFragment,
         XmlTextPrelim,
     };
 
@@ -100,5 +100,36 @@ mod tests {
             a.iter(&txn).map(|v| v.to_string(&txn)).collect()
         };
         assert_eq!(tags, ["a", "b"]);
+    }
+
+    #[pg_test]
+    fn search_backlog_shows_what_a_lagging_writer_left_stale_until_it_is_refreshed() {
+        let d = Doc::new();
+        let text = d.get_or_insert_text("content");
+        // (stale documents, whether the oldest stale write is this transaction's)
+        let backlog = || -> (i64, bool) {
+            let row: String = one(
+                "SELECT documents || ',' || coalesce((oldest_write = now())::text, '') \
+                 FROM collab.search_backlog()",
+            );
+            let (n, at) = row.split_once(',').unwrap();
+            (n.parse().unwrap(), at == "true")
+        };
+        apply(
+            "current",
+            &edit(&d, |t| text.insert(t, 0, "searchable at commit")),
+        );
+        assert_eq!(backlog(), (0, false), "nothing stale without a lag");
+
+        Spi::run("SET collab.search_lag = 60000").unwrap();
+        let e = Doc::new();
+        let etext = e.get_or_insert_text("content");
+        apply("lagging", &edit(&e, |t| etext.insert(t, 0, "first")));
+        apply("lagging", &edit(&e, |t| etext.insert(t, 5, " second")));
+        // The second write was left stale; it was made in this transaction.
+        assert_eq!(backlog(), (1, true));
+        Spi::run("RESET collab.search_lag").unwrap();
+        one::<i64>("SELECT collab.refresh_search()");
+        assert_eq!(backlog(), (0, false));
     }
 }

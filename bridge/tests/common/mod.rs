@@ -210,13 +210,13 @@ impl Pg {
         .get(0)
     }
 
-    /// (rows, distinct update blobs) stored for `doc`.
+    /// (updates, distinct update blobs) stored for `doc`, one per sequence as the log gives
+    /// them back (a log row may hold several: `collab.updates.span`).
     pub async fn update_rows(&self, doc: &str) -> (i64, i64) {
         let c = self.client().await;
         let r = c
             .query_one(
-                "SELECT count(*), count(DISTINCT u.update) FROM collab.updates u \
-                 JOIN collab.documents d ON d.id = u.doc_id WHERE d.name = $1",
+                "SELECT count(*), count(DISTINCT update) FROM collab.updates_since($1, 0)",
                 &[&doc],
             )
             .await

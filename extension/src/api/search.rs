@@ -355,6 +355,47 @@ fn refresh_search(lim: default!(Option<i64>, "NULL")) -> i64 {
     .or_raise()
 }
 
+/// How far search is behind the writes: the documents whose searchable text is stale or
+/// missing, and when the oldest write not yet searchable was made (NULL when none is stale).
+/// Under overload a lagging writer indexes within its share of time only, so this is what an
+/// operator watches (collab-bridge exports it as metrics). For collab_admin and collab_bridge.
+#[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
+fn search_backlog() -> TableIterator<
+    'static,
+    (
+        name!(documents, i64),
+        name!(oldest_write, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    let row = rights::as_owner(|| {
+        Spi::connect(|c| {
+            // The first write after the indexed head is in the log row holding seq + 1; pruned
+            // history leaves the time of the last indexing as the bound.
+            let t = c.select(
+                "SELECT count(*)::int8, \
+                        min(coalesce((SELECT u.created_at FROM collab.updates u \
+                                      WHERE u.doc_id = d.id AND u.seq <= coalesce(t.seq, 0) + 1 \
+                                      ORDER BY u.seq DESC LIMIT 1), \
+                                     t.indexed_at, d.created_at)) \
+                 FROM collab.documents d LEFT JOIN collab.texts t ON t.doc_id = d.id \
+                 WHERE d.deleted_at IS NULL AND d.head_seq > 0 \
+                   AND (t.seq IS NULL OR t.seq < d.head_seq)",
+                None,
+                &[],
+            )?;
+            let r = t.first();
+            Ok((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<pgrx::datum::TimestampWithTimeZone>(2)?,
+            ))
+        })
+        .map_err(spi_err)
+    })
+    .or_raise();
+    TableIterator::once(row)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ SELECT p.oid::regprocedure AS function,
           FROM aclexplode(p.proacl) a WHERE a.privilege_type = 'EXECUTE'
            AND a.grantee <> p.proowner) AS executable_by
 FROM pg_proc p WHERE p.pronamespace = 'collab'::regnamespace
-ORDER BY p.proname;
+ORDER BY p.proname, p.pronargs;  -- overloads (apply_updates) in a stable order
 -- Tables and sequences: nobody but the owner may write; administrators may read the rules.
 SELECT c.relname, c.relkind,
        (SELECT string_agg(a.grantee::regrole::text || ':' || a.privilege_type, ', ' ORDER BY 1)

@@ -14,7 +14,10 @@
 #   PROCS (default 4): Node.js harness processes per run (each takes a share of the documents);
 #   BRIDGE_BIN: the collab-bridge binary to measure (default: this checkout's release build);
 #   BRIDGE_ARGS: more arguments for it (e.g. "--search-lag-ms 3600000" to take re-indexing out);
-#   HARNESS (default "node rust"): which harnesses to run.
+#   HARNESS (default "node rust"): which harnesses to run;
+#   RELAY_DELAYS_US (default none): also measure the y-websocket relay behind bench's `delay`
+#     proxy, which holds what clients send for that many microseconds (one run per value, e.g.
+#     "1000"): the relay as it would be if each update paid that much for being made durable.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -53,6 +56,13 @@ pids+=("$reference")
 hport="$(free_port)"
 (cd bench/js && PORT="$hport" exec node hocuspocus-server.mjs) >/dev/null &
 pids+=($!)
+# The relay behind the delaying proxy, one port per delay.
+declare -A dport
+for us in ${RELAY_DELAYS_US:-}; do
+    dport[$us]="$(free_port)"
+    "$CARGO_TARGET_DIR/release/delay" --listen "127.0.0.1:${dport[$us]}" --to "127.0.0.1:$rport" --delay-us "$us" &
+    pids+=($!)
+done
 sleep 2
 
 # The Node.js harness in $procs processes started together: the documents are split between
@@ -96,6 +106,11 @@ for round in $(seq "$rounds"); do
             node)
                 printf 'round %s node(%s procs) %s x %s @ %s/s reference:     ' "$round" "$procs" "$d" "$m" "$r"
                 node_run "ws://127.0.0.1:$rport" - "$d" "$m" "$r"
+                for us in ${RELAY_DELAYS_US:-}; do
+                    sleep 2
+                    printf 'round %s node(%s procs) %s x %s @ %s/s reference+%sus: ' "$round" "$procs" "$d" "$m" "$r" "$us"
+                    node_run "ws://127.0.0.1:${dport[$us]}" - "$d" "$m" "$r"
+                done
                 sleep 2
                 printf 'round %s node(%s procs) %s x %s @ %s/s collab-bridge: ' "$round" "$procs" "$d" "$m" "$r"
                 node_run "ws://127.0.0.1:$bport/ws" "$token" "$d" "$m" "$r"
@@ -111,6 +126,12 @@ for round in $(seq "$rounds"); do
                 printf 'round %s rust %s x %s @ %s/s reference:     ' "$round" "$d" "$m" "$r"
                 "$CARGO_TARGET_DIR/release/load" --seconds "$secs" --url "ws://127.0.0.1:$rport" \
                     --cpu "reference:$reference" --docs "$d" --clients "$m" --rate "$r"
+                for us in ${RELAY_DELAYS_US:-}; do
+                    sleep 2
+                    printf 'round %s rust %s x %s @ %s/s reference+%sus: ' "$round" "$d" "$m" "$r" "$us"
+                    "$CARGO_TARGET_DIR/release/load" --seconds "$secs" --url "ws://127.0.0.1:${dport[$us]}" \
+                        --cpu "reference:$reference" --docs "$d" --clients "$m" --rate "$r"
+                done
                 sleep 2
                 printf 'round %s rust %s x %s @ %s/s collab-bridge: ' "$round" "$d" "$m" "$r"
                 "$CARGO_TARGET_DIR/release/load" --seconds "$secs" --url "ws://127.0.0.1:$bport/ws" \

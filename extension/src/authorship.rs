@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use yrs::types::text::{ChangeKind, YChange};
 use yrs::{Any, Doc, IdSet, Out, ReadTxn, Snapshot, Text, Transact, ID};
 
+use crate::content::{self, Root};
 use crate::error::{CollabError, Result};
-use crate::merge::{self, Root};
+use crate::merge;
 
 /// The authors of the clock ranges the log's updates inserted.
 #[derive(Default)]
@@ -86,7 +87,7 @@ pub fn chunks(doc: &Doc, doc_name: &str, field: &str, nesting: u32) -> Result<Ve
         let mut txn = copy.transact_mut();
         let hi = txn.snapshot();
         let lo = Snapshot::default();
-        let diff = match merge::root(&txn, field) {
+        let diff = match content::root(&txn, field) {
             Root::Missing | Root::Empty => Vec::new(),
             Root::Text(t) => t.diff_range(&mut txn, Some(&hi), Some(&lo), YChange::identity),
             Root::XmlText(t) => t.diff_range(&mut txn, Some(&hi), Some(&lo), YChange::identity),
@@ -184,7 +185,7 @@ pub fn delete_ranges(doc: &Doc, field: &str, ranges: &[(u32, u32)]) -> Result<Op
     }
     merge::guarded(|| {
         let mut txn = doc.transact_mut();
-        let text = match merge::root(&txn, field) {
+        let text = match content::root(&txn, field) {
             Root::Text(t) => t,
             _ => return None,
         };

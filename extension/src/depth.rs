@@ -336,7 +336,7 @@ fn stack_per_level() {
                 let mut d = Depths::default();
                 crate::merge::apply_stored(&copy, &mut d, "p", [bytes.as_slice()], 100_000)
                     .expect("loads");
-                let _ = crate::merge::to_json(&copy);
+                let _ = crate::content::to_json(&copy);
                 let _ = yrs::types::ToJson::to_json(&root, &doc.transact());
                 root.remove(&mut doc.transact_mut(), "k");
             })

@@ -16,7 +16,7 @@ use yrs::{
 };
 
 use crate::depth::Depths;
-use crate::merge;
+use crate::{content, merge};
 
 const NESTING: u32 = 8;
 
@@ -187,13 +187,13 @@ fn serve(doc: &Doc, depths: &mut Depths, bytes: &[u8]) -> bool {
 fn read_everything(doc: &Doc) -> serde_json::Value {
     // A forged document can make a yrs reader panic (an "element" without a tag read through
     // yrs's own XML text rendering): that is a clean error, never a crash.
-    let json = match merge::to_json(doc) {
+    let json = match content::to_json(doc) {
         Ok(json) => json,
         Err(crate::error::CollabError::Internal(_)) => serde_json::Value::Null,
         Err(e) => panic!("to_json failed with {e}"),
     };
-    let _ = merge::read_text(doc, "fuzz", "content");
-    let _ = merge::read_text(doc, "fuzz", "x");
+    let _ = content::read_text(doc, "fuzz", "content");
+    let _ = content::read_text(doc, "fuzz", "x");
     let state = merge::state(doc);
     let sv = merge::state_vector(doc);
     merge::diff(doc, &sv).expect("diff against its own state vector");
@@ -254,7 +254,7 @@ fn fuzz_valid_then_mutated_updates_never_break_a_document() {
                 let text = peer.get_or_insert_text("content");
                 let peer_text = text.get_string(&peer.transact());
                 prop_assert_eq!(
-                    merge::read_text(&rebuilt, "fuzz", "content").unwrap_or_default(),
+                    content::read_text(&rebuilt, "fuzz", "content").unwrap_or_default(),
                     peer_text
                 );
             }

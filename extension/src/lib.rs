@@ -1,17 +1,21 @@
 //! pg_collab: collaborative (Yjs) documents stored, validated and merged inside PostgreSQL.
 //!
 //! Layout: `api` holds the SQL surface (thin `#[pg_extern]` wrappers); `merge` the pure yrs
-//! logic; `scan` the byte-level check of every Yjs byte string; `depth` the nesting of shared
-//! types; `storage` the SPI queries on the log; `pack` how a log row holds several updates;
-//! `cache` the per-backend decoded documents; `notify` the sealed NOTIFY payloads; `rights`
-//! who may do what, and running as the owner; `guard` the DROP EXTENSION guard; `guc` the settings; `error` the SQLSTATE mapping.
+//! logic (validating, integrating, loading); `content` reading documents as text, XML or JSON;
+//! `edit` SQL text edits as Yjs updates; `scan` the byte-level check of every Yjs byte string;
+//! `depth` the nesting of shared types; `storage` the SPI queries on the log; `pack` how a log
+//! row holds several updates; `cache` the per-backend decoded documents; `notify` the sealed
+//! NOTIFY payloads; `rights` who may do what, and running as the owner; `guard` the DROP
+//! EXTENSION guard; `guc` the settings; `error` the SQLSTATE mapping.
 
 use pgrx::prelude::*;
 
 mod api;
 mod authorship;
 mod cache;
+mod content;
 mod depth;
+mod edit;
 mod error;
 mod guard;
 mod guc;

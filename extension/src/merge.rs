@@ -1,6 +1,6 @@
-//! Pure Yjs logic on top of yrs: validating and integrating updates, reading documents as text
-//! or JSON, and turning SQL text edits into Yjs updates. No pgrx here, so all of it is tested
-//! with plain `#[test]`s.
+//! Pure Yjs logic on top of yrs: validating and integrating updates, loading documents from
+//! storage, encoding states and diffs. Reading documents is in [`crate::content`], SQL text
+//! edits in [`crate::edit`]. No pgrx here, so all of it is tested with plain `#[test]`s.
 //!
 //! yrs has open reports of updates that decode but panic when integrated or re-encoded, so every
 //! call into yrs with outside bytes runs under `catch_unwind`; a document that panicked half-way
@@ -9,21 +9,15 @@
 //! yrs also recurses once per nesting level when it decodes values, reads, deletes or collects
 //! nested types, and a stack overflow cannot be caught. So every byte string goes through
 //! [`crate::scan`] before yrs decodes it, the depth of shared types in the document is tracked
-//! in [`crate::depth`] before yrs integrates anything, and the readers here (JSON, XML) walk
-//! documents with an explicit stack.
+//! in [`crate::depth`] before yrs integrates anything, and the readers (JSON, XML, in
+//! [`crate::content`]) walk documents with an explicit stack.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
-use yrs::branch::BranchPtr;
-use yrs::types::AsPrelim;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{
-    Any, Array, ArrayRef, Doc, GetString, In, Map, MapRef, OffsetKind, Options, Out, ReadTxn,
-    StateVector, Text, TextRef, Transact, TransactionMut, Update, WriteTxn, Xml, XmlFragment,
-    XmlFragmentRef, XmlOut, XmlTextRef,
-};
+use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 
 use crate::depth::{Depths, TooDeep};
 use crate::error::{CollabError, Result};
@@ -477,468 +471,16 @@ pub fn merge_updates(updates: &[&[u8]]) -> Option<Vec<u8>> {
     }
 }
 
-/// A root type as the document holds it. Yjs updates do not carry root types, so a document
-/// rebuilt from storage has "undefined" roots whose kind is inferred from their content.
-pub(crate) enum Root {
-    Missing,
-    /// Present but with no visible content: compatible with any kind.
-    Empty,
-    Text(TextRef),
-    XmlText(XmlTextRef),
-    Xml(XmlFragmentRef),
-    Map(MapRef),
-    Array(ArrayRef),
-    Other(&'static str),
-}
-
-impl Root {
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Root::Missing | Root::Empty => "missing field",
-            Root::Text(_) => "text",
-            Root::XmlText(_) => "XML text",
-            Root::Xml(_) => "XML fragment",
-            Root::Map(_) => "map",
-            Root::Array(_) => "array",
-            Root::Other(kind) => kind,
-        }
-    }
-}
-
-pub(crate) fn root<T: ReadTxn>(txn: &T, name: &str) -> Root {
-    match txn.get(name) {
-        None => Root::Missing,
-        Some(Out::YText(t)) => Root::Text(t),
-        Some(Out::YXmlText(t)) => Root::XmlText(t),
-        Some(Out::YXmlFragment(x)) => Root::Xml(x),
-        Some(Out::YXmlElement(_)) => Root::Other("XML element"),
-        Some(Out::YMap(m)) => Root::Map(m),
-        Some(Out::YArray(a)) => Root::Array(a),
-        Some(Out::UndefinedRef(branch)) => infer(txn, branch),
-        Some(Out::YDoc(_)) => Root::Other("subdocument"),
-        Some(Out::Any(_)) => Root::Other("value"),
-    }
-}
-
-fn infer<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Root {
-    match Out::UndefinedRef(branch).as_prelim(txn) {
-        In::Text(_) => Root::Text(TextRef::from(branch)),
-        In::XmlText(_) => Root::XmlText(XmlTextRef::from(branch)),
-        In::XmlElement(_) | In::XmlFragment(_) => Root::Xml(XmlFragmentRef::from(branch)),
-        In::Map(m) if m.is_empty() => Root::Empty,
-        In::Map(_) => Root::Map(MapRef::from(branch)),
-        In::Array(_) => {
-            let array = ArrayRef::from(branch);
-            match array.get(txn, 0) {
-                // A text whose every character was deleted looks like an empty array.
-                None => Root::Empty,
-                Some(Out::YXmlElement(_)) | Some(Out::YXmlText(_)) => {
-                    Root::Xml(XmlFragmentRef::from(branch))
-                }
-                Some(_) => Root::Array(array),
-            }
-        }
-        _ => Root::Other("value"),
-    }
-}
-
-/// A scalar `Any` as JSON; None for arrays and maps, which the walk expands.
-fn scalar_to_json(any: &Any) -> Option<serde_json::Value> {
-    use serde_json::Value;
-    Some(match any {
-        Any::Null | Any::Undefined => Value::Null,
-        Any::Bool(b) => Value::Bool(*b),
-        Any::Number(yrs::any::Number::Int(n)) => Value::from(*n),
-        Any::Number(yrs::any::Number::Float(n)) => serde_json::Number::from_f64(*n)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        Any::String(s) => Value::String(s.to_string()),
-        Any::Buffer(b) => {
-            use base64::Engine;
-            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
-        }
-        Any::Array(_) | Any::Map(_) => return None,
-    })
-}
-
-/// A node still to convert: a value inside content, or what a shared type holds.
-enum Node {
-    Any(Any),
-    Out(Out),
-}
-
-type Children = Vec<(Option<String>, Node)>;
-
-/// One step of the walk: a finished value, or a container and its children.
-enum Expanded {
-    Leaf(serde_json::Value),
-    Object(Children),
-    Array(Children),
-}
-
-fn expand<T: ReadTxn>(txn: &T, node: Node) -> Expanded {
-    use serde_json::Value;
-    let any = match node {
-        Node::Any(any) | Node::Out(Out::Any(any)) => any,
-        Node::Out(Out::YMap(m)) => {
-            return Expanded::Object(
-                m.iter(txn)
-                    .map(|(k, v)| (Some(k.to_string()), Node::Out(v)))
-                    .collect(),
-            )
-        }
-        Node::Out(Out::YArray(a)) => {
-            return Expanded::Array(a.iter(txn).map(|v| (None, Node::Out(v))).collect())
-        }
-        Node::Out(Out::YText(t)) => return Expanded::Leaf(Value::String(t.get_string(txn))),
-        Node::Out(Out::YXmlText(t)) => return Expanded::Leaf(Value::String(t.get_string(txn))),
-        Node::Out(Out::YXmlElement(e)) => {
-            return Expanded::Leaf(Value::String(xml_string(txn, XmlOut::Element(e))))
-        }
-        Node::Out(Out::YXmlFragment(f)) => {
-            return Expanded::Leaf(Value::String(xml_string(txn, XmlOut::Fragment(f))))
-        }
-        Node::Out(Out::YDoc(_)) | Node::Out(Out::UndefinedRef(_)) => {
-            return Expanded::Leaf(Value::Null)
-        }
-    };
-    match &any {
-        Any::Array(items) => {
-            Expanded::Array(items.iter().map(|v| (None, Node::Any(v.clone()))).collect())
-        }
-        Any::Map(map) => Expanded::Object(
-            map.iter()
-                .map(|(k, v)| (Some(k.clone()), Node::Any(v.clone())))
-                .collect(),
-        ),
-        scalar => Expanded::Leaf(scalar_to_json(scalar).unwrap_or(Value::Null)),
-    }
-}
-
-/// Converts a node to JSON with an explicit stack: no recursion however deep it nests (the
-/// document's depth is bounded anyway; stored 0.1.0 documents may not be). Gives PostgreSQL a
-/// chance to cancel every few thousand nodes.
-fn node_to_json<T: ReadTxn>(txn: &T, root: Node, visited: &mut usize) -> serde_json::Value {
-    use serde_json::{Map as JsonMap, Value};
-    enum Container {
-        Object(JsonMap<String, Value>),
-        Array(Vec<Value>),
-    }
-    struct Frame {
-        key: Option<String>,
-        container: Container,
-        todo: std::vec::IntoIter<(Option<String>, Node)>,
-    }
-    fn put(frame: &mut Frame, key: Option<String>, value: Value) {
-        match &mut frame.container {
-            Container::Object(o) => {
-                o.insert(key.unwrap_or_default(), value);
-            }
-            Container::Array(a) => a.push(value),
-        }
-    }
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut next = Some((None, root));
-    loop {
-        if let Some((key, node)) = next.take() {
-            *visited += 1;
-            if (*visited).is_multiple_of(INTERRUPT_EVERY) {
-                interrupt_point();
-            }
-            let (container, children) = match expand(txn, node) {
-                Expanded::Leaf(v) => match stack.last_mut() {
-                    Some(top) => {
-                        put(top, key, v);
-                        continue;
-                    }
-                    None => return v,
-                },
-                Expanded::Object(c) => (Container::Object(JsonMap::new()), c),
-                Expanded::Array(c) => (Container::Array(Vec::with_capacity(c.len())), c),
-            };
-            stack.push(Frame {
-                key,
-                container,
-                todo: children.into_iter(),
-            });
-        }
-        let Some(top) = stack.last_mut() else {
-            return Value::Null;
-        };
-        if let Some(child) = top.todo.next() {
-            next = Some(child);
-            continue;
-        }
-        let Some(done) = stack.pop() else {
-            return Value::Null;
-        };
-        let value = match done.container {
-            Container::Object(o) => Value::Object(o),
-            Container::Array(a) => Value::Array(a),
-        };
-        match stack.last_mut() {
-            Some(parent) => put(parent, done.key, value),
-            None => return value,
-        }
-    }
-}
-
-/// The XML string of a node (as yrs's `get_string`), walked with an explicit stack.
-pub(crate) fn xml_string<T: ReadTxn>(txn: &T, node: XmlOut) -> String {
-    use std::fmt::Write;
-    enum Step {
-        Open(XmlOut),
-        Close(std::sync::Arc<str>),
-    }
-    let mut out = String::new();
-    let mut stack = vec![Step::Open(node)];
-    let mut visited = 0usize;
-    while let Some(step) = stack.pop() {
-        visited += 1;
-        if visited.is_multiple_of(INTERRUPT_EVERY) {
-            interrupt_point();
-        }
-        let children: Vec<XmlOut> = match step {
-            Step::Close(tag) => {
-                let _ = write!(out, "</{tag}>");
-                continue;
-            }
-            Step::Open(XmlOut::Text(t)) => {
-                out.push_str(&t.get_string(txn));
-                continue;
-            }
-            Step::Open(XmlOut::Element(e)) => {
-                // `tag()` panics on a node that is not really an element (the fuzzer
-                // made one); such a node reads with an empty tag.
-                let tag = e.try_tag().cloned().unwrap_or_else(|| "".into());
-                let _ = write!(out, "<{tag}");
-                for (k, v) in e.attributes(txn) {
-                    let _ = write!(out, " {k}=\"{}\"", v.to_string(txn));
-                }
-                out.push('>');
-                stack.push(Step::Close(tag));
-                e.children(txn).collect()
-            }
-            Step::Open(XmlOut::Fragment(f)) => f.children(txn).collect(),
-        };
-        stack.extend(children.into_iter().rev().map(Step::Open));
-    }
-    out
-}
-
-fn read_root<T: ReadTxn>(txn: &T, root: &Root, visited: &mut usize) -> serde_json::Value {
-    use serde_json::Value;
-    match root {
-        Root::Missing | Root::Empty | Root::Other(_) => Value::Null,
-        Root::Text(t) => Value::String(t.get_string(txn)),
-        Root::XmlText(t) => Value::String(t.get_string(txn)),
-        Root::Xml(x) => Value::String(xml_string(txn, XmlOut::Fragment(x.clone()))),
-        Root::Map(m) => node_to_json(txn, Node::Out(Out::YMap(m.clone())), visited),
-        Root::Array(a) => node_to_json(txn, Node::Out(Out::YArray(a.clone())), visited),
-    }
-}
-
-/// The text of a root field ('' when absent). XML fragments read as their XML string.
-pub fn read_text(doc: &Doc, doc_name: &str, field: &str) -> Result<String> {
-    let outcome = guarded(|| {
-        let txn = doc.transact();
-        match root(&txn, field) {
-            Root::Missing | Root::Empty => Ok(String::new()),
-            Root::Text(t) => Ok(t.get_string(&txn)),
-            Root::XmlText(t) => Ok(t.get_string(&txn)),
-            Root::Xml(x) => Ok(xml_string(&txn, XmlOut::Fragment(x))),
-            other => Err(CollabError::WrongType {
-                doc: doc_name.to_string(),
-                field: field.to_string(),
-                actual: other.kind(),
-            }),
-        }
-    });
-    outcome.unwrap_or_else(|panic| Err(CollabError::Internal(panic)))
-}
-
-/// Every root type as JSON: text and XML as strings, maps as objects, arrays as arrays.
-pub fn to_json(doc: &Doc) -> Result<serde_json::Value> {
-    guarded(|| {
-        let txn = doc.transact();
-        let mut names: Vec<String> = txn.root_refs().map(|(name, _)| name.to_string()).collect();
-        names.sort();
-        let mut object = serde_json::Map::new();
-        let mut visited = 0usize;
-        for name in names {
-            let root = root(&txn, &name);
-            if matches!(root, Root::Missing | Root::Empty) {
-                continue;
-            }
-            object.insert(name, read_root(&txn, &root, &mut visited));
-        }
-        serde_json::Value::Object(object)
-    })
-    .map_err(CollabError::Internal)
-}
-
-/// Finds (or creates) a text root for writing; other kinds are refused.
-fn text_for_write(txn: &mut TransactionMut, doc_name: &str, field: &str) -> Result<TextRef> {
-    match root(txn, field) {
-        Root::Missing | Root::Empty | Root::Text(_) => Ok(txn.get_or_insert_text(field)),
-        other => Err(CollabError::WrongType {
-            doc: doc_name.to_string(),
-            field: field.to_string(),
-            actual: other.kind(),
-        }),
-    }
-}
-
-/// UTF-16 offset of character `pos` in `s`, or None when `pos` is past the end.
-fn utf16_offset(s: &str, pos: usize) -> Option<u32> {
-    if s.is_ascii() {
-        return (pos <= s.len()).then_some(pos as u32);
-    }
-    let mut offset = 0usize;
-    let mut chars = s.chars();
-    for _ in 0..pos {
-        offset += chars.next()?.len_utf16();
-    }
-    Some(offset as u32)
-}
-
-fn char_count(s: &str) -> usize {
-    if s.is_ascii() {
-        s.len()
-    } else {
-        s.chars().count()
-    }
-}
-
-fn out_of_range(what: &str, value: i64, len: usize) -> CollabError {
-    CollabError::OutOfRange(format!(
-        "{what} {value} is out of range for a text of {len} characters"
-    ))
-}
-
-/// Runs a local edit and returns the Yjs update it produced (None when nothing changed).
-fn edit(
-    doc: &Doc,
-    doc_name: &str,
-    field: &str,
-    f: impl FnOnce(&mut TransactionMut, &TextRef) -> Result<()>,
-) -> Result<Option<Vec<u8>>> {
-    let outcome = guarded(|| -> Result<Option<Vec<u8>>> {
-        let mut txn = doc.transact_mut();
-        let text = text_for_write(&mut txn, doc_name, field)?;
-        f(&mut txn, &text)?;
-        let update = txn.encode_update_v1();
-        // An update with no structs and no deletions is two zero bytes.
-        Ok((update.len() > 2 || update.iter().any(|b| *b != 0)).then_some(update))
-    });
-    outcome.unwrap_or_else(|panic| Err(CollabError::Internal(panic)))
-}
-
-/// Inserts `value` at character `position` of text field `field`.
-pub fn insert_text(
-    doc: &Doc,
-    doc_name: &str,
-    field: &str,
-    position: i64,
-    value: &str,
-) -> Result<Option<Vec<u8>>> {
-    edit(doc, doc_name, field, |txn, text| {
-        let current = text.get_string(txn);
-        let len = char_count(&current);
-        let at = usize::try_from(position)
-            .ok()
-            .and_then(|p| utf16_offset(&current, p))
-            .ok_or_else(|| out_of_range("position", position, len))?;
-        if !value.is_empty() {
-            text.insert(txn, at, value);
-        }
-        Ok(())
-    })
-}
-
-/// Deletes `length` characters from character `position` of text field `field`.
-pub fn delete_text(
-    doc: &Doc,
-    doc_name: &str,
-    field: &str,
-    position: i64,
-    length: i64,
-) -> Result<Option<Vec<u8>>> {
-    edit(doc, doc_name, field, |txn, text| {
-        let current = text.get_string(txn);
-        let len = char_count(&current);
-        let start_chars = usize::try_from(position)
-            .ok()
-            .filter(|p| *p <= len)
-            .ok_or_else(|| out_of_range("position", position, len))?;
-        let count = usize::try_from(length)
-            .ok()
-            .filter(|n| start_chars + *n <= len)
-            .ok_or_else(|| out_of_range("length", length, len - start_chars))?;
-        if count > 0 {
-            let start = utf16_offset(&current, start_chars)
-                .ok_or_else(|| out_of_range("position", position, len))?;
-            let end = utf16_offset(&current, start_chars + count)
-                .ok_or_else(|| out_of_range("length", length, len))?;
-            text.remove_range(txn, start, end - start);
-        }
-        Ok(())
-    })
-}
-
-/// Replaces the text of `field` with `new_text` by writing only the difference, so concurrent
-/// edits to the parts that did not change survive the merge.
-pub fn set_text(doc: &Doc, doc_name: &str, field: &str, new_text: &str) -> Result<Option<Vec<u8>>> {
-    edit(doc, doc_name, field, |txn, text| {
-        let old = text.get_string(txn);
-        if old == new_text {
-            return Ok(());
-        }
-        // UTF-16 offset of every character boundary of the old text.
-        let mut offsets = Vec::with_capacity(old.len() + 1);
-        let mut acc = 0u32;
-        offsets.push(0);
-        for c in old.chars() {
-            acc += c.len_utf16() as u32;
-            offsets.push(acc);
-        }
-        let new_chars: Vec<char> = new_text.chars().collect();
-        let diff = similar::TextDiff::configure()
-            .algorithm(similar::Algorithm::Myers)
-            .timeout(std::time::Duration::from_millis(200))
-            .diff_chars(old.as_str(), new_text);
-        // Apply from the end so earlier offsets stay valid.
-        for op in diff.ops().iter().rev() {
-            let (_, old_range, new_range) = op.as_tag_tuple();
-            if old_range.is_empty() && new_range.is_empty() {
-                continue;
-            }
-            let start = offsets[old_range.start];
-            let end = offsets[old_range.end];
-            match op.tag() {
-                similar::DiffTag::Equal => {}
-                _ => {
-                    if end > start {
-                        text.remove_range(txn, start, end - start);
-                    }
-                    if !new_range.is_empty() {
-                        let inserted: String = new_chars[new_range].iter().collect();
-                        text.insert(txn, start, &inserted);
-                    }
-                }
-            }
-        }
-        Ok(())
-    })
-}
-
+/// What the tests of this module, [`crate::content`] and [`crate::edit`] build documents with.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
+    use yrs::{Doc, Text, Transact};
+
     use super::*;
 
-    const NESTING: u32 = 64;
+    pub(crate) const NESTING: u32 = 64;
 
-    fn load<'a>(
+    pub(crate) fn load<'a>(
         name: &str,
         checkpoint: Option<&'a [u8]>,
         updates: impl IntoIterator<Item = &'a [u8]>,
@@ -946,7 +488,7 @@ mod tests {
         super::load(name, checkpoint, updates, NESTING).map(|(doc, _)| doc)
     }
 
-    fn apply_stored<'a>(
+    pub(crate) fn apply_stored<'a>(
         doc: &Doc,
         name: &str,
         updates: impl IntoIterator<Item = &'a [u8]>,
@@ -954,24 +496,46 @@ mod tests {
         super::apply_stored(doc, &mut Depths::default(), name, updates, NESTING)
     }
 
-    fn integrate_bytes(doc: &Doc, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn integrate_bytes(doc: &Doc, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
         let u = decode_batch(&[bytes], 1 << 20, NESTING)?;
         integrate(doc, &mut Depths::default(), &[bytes], u, "d", NESTING)
     }
 
-    fn update_from(f: impl FnOnce(&Doc)) -> (Doc, Vec<u8>) {
+    pub(crate) fn update_from(f: impl FnOnce(&Doc)) -> (Doc, Vec<u8>) {
         let doc = new_doc();
         f(&doc);
         let bytes = state(&doc);
         (doc, bytes)
     }
 
-    fn typed(text: &str) -> Vec<u8> {
+    pub(crate) fn typed(text: &str) -> Vec<u8> {
         update_from(|d| {
             let t = d.get_or_insert_text("content");
             t.insert(&mut d.transact_mut(), 0, text);
         })
         .1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use yrs::{GetString, Text, Transact};
+
+    use super::testing::{apply_stored, integrate_bytes, load, typed, NESTING};
+    use super::*;
+
+    /// Inserts into the text root `content` as a local edit; returns its update.
+    fn insert(doc: &Doc, at: u32, s: &str) -> Vec<u8> {
+        let t = doc.get_or_insert_text("content");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, at, s);
+        txn.encode_update_v1()
+    }
+
+    fn text(doc: &Doc) -> String {
+        let t = doc.get_or_insert_text("content");
+        let txn = doc.transact();
+        t.get_string(&txn)
     }
 
     #[test]
@@ -1005,117 +569,28 @@ mod tests {
     }
 
     #[test]
-    fn integrate_then_read_text_and_json() {
-        let doc = new_doc();
-        integrate_bytes(&doc, &typed("hello")).expect("integrates");
-        assert_eq!(read_text(&doc, "d", "content").expect("text"), "hello");
-        assert_eq!(read_text(&doc, "d", "absent").expect("text"), "");
-        let json = to_json(&doc).expect("json");
-        assert_eq!(json, serde_json::json!({"content": "hello"}));
-    }
-
-    #[test]
-    fn json_covers_maps_arrays_and_xml() {
-        let (_, bytes) = update_from(|d| {
-            let m = d.get_or_insert_map("meta");
-            let a = d.get_or_insert_array("list");
-            let x = d.get_or_insert_xml_fragment("prosemirror");
-            let mut txn = d.transact_mut();
-            m.insert(&mut txn, "title", "Hi");
-            m.insert(&mut txn, "n", 3.0);
-            a.push_back(&mut txn, 1.0);
-            a.push_back(&mut txn, "two");
-            let p = x.push_back(&mut txn, yrs::XmlElementPrelim::empty("paragraph"));
-            p.push_back(&mut txn, yrs::XmlTextPrelim::new("para"));
-        });
-        let doc = load("d", Some(&bytes), []).expect("loads");
-        let json = to_json(&doc).expect("json");
-        assert_eq!(json["meta"], serde_json::json!({"title": "Hi", "n": 3.0}));
-        assert_eq!(json["list"], serde_json::json!([1.0, "two"]));
-        assert_eq!(json["prosemirror"], "<paragraph>para</paragraph>");
-        let err = read_text(&doc, "d", "meta").expect_err("map is not text");
-        assert!(matches!(err, CollabError::WrongType { actual: "map", .. }));
-        assert!(insert_text(&doc, "d", "list", 0, "x").is_err());
-    }
-
-    #[test]
-    fn text_edits_count_code_points_and_produce_updates() {
-        let doc = new_doc();
-        insert_text(&doc, "d", "content", 0, "a😀c").expect("insert");
-        let u = insert_text(&doc, "d", "content", 2, "b").expect("insert");
-        assert!(u.is_some());
-        assert_eq!(read_text(&doc, "d", "content").expect("t"), "a😀bc");
-        delete_text(&doc, "d", "content", 1, 1).expect("delete");
-        assert_eq!(read_text(&doc, "d", "content").expect("t"), "abc");
-        assert!(matches!(
-            insert_text(&doc, "d", "content", 4, "x"),
-            Err(CollabError::OutOfRange(_))
-        ));
-        assert!(insert_text(&doc, "d", "content", -1, "x").is_err());
-        assert!(delete_text(&doc, "d", "content", 1, 3).is_err());
-        assert!(delete_text(&doc, "d", "content", 3, 0)
-            .expect("no-op")
-            .is_none());
-    }
-
-    #[test]
-    fn set_text_keeps_concurrent_edits_elsewhere() {
-        let a = new_doc();
-        insert_text(&a, "d", "content", 0, "The quick brown fox").expect("insert");
-        let b = load("d", Some(&state(&a)), []).expect("copy");
-        // a: SQL rewrites the first word; b: concurrently appends at the end.
-        let ua = set_text(&a, "d", "content", "A quick brown fox")
-            .expect("set")
-            .expect("changed");
-        let ub = insert_text(&b, "d", "content", 19, " jumps")
-            .expect("ins")
-            .expect("changed");
-        apply_stored(&a, "d", [ub.as_slice()]).expect("merge");
-        apply_stored(&b, "d", [ua.as_slice()]).expect("merge");
-        let ta = read_text(&a, "d", "content").expect("t");
-        assert_eq!(ta, "A quick brown fox jumps");
-        assert_eq!(ta, read_text(&b, "d", "content").expect("t"));
-        assert!(set_text(&a, "d", "content", &ta).expect("same").is_none());
-    }
-
-    #[test]
-    fn cleared_text_stays_writable_after_reload() {
-        let a = new_doc();
-        insert_text(&a, "d", "content", 0, "gone").expect("insert");
-        delete_text(&a, "d", "content", 0, 4).expect("delete");
-        let b = load("d", Some(&state(&a)), []).expect("reload");
-        assert_eq!(read_text(&b, "d", "content").expect("t"), "");
-        insert_text(&b, "d", "content", 0, "back").expect("writable");
-        assert_eq!(read_text(&b, "d", "content").expect("t"), "back");
-    }
-
-    #[test]
     fn pending_updates_are_kept_in_state() {
         let a = new_doc();
-        let first = insert_text(&a, "d", "content", 0, "ab")
-            .expect("i")
-            .expect("u");
-        let second = insert_text(&a, "d", "content", 2, "cd")
-            .expect("i")
-            .expect("u");
+        let first = insert(&a, 0, "ab");
+        let second = insert(&a, 2, "cd");
         let b = new_doc();
         integrate_bytes(&b, &second).expect("pending ok");
-        assert_eq!(read_text(&b, "d", "content").expect("t"), "");
+        assert_eq!(text(&b), "");
         // The pending struct survives a round trip through the encoded state.
         let c = load("d", Some(&state(&b)), [first.as_slice()]).expect("load");
-        assert_eq!(read_text(&c, "d", "content").expect("t"), "abcd");
+        assert_eq!(text(&c), "abcd");
     }
 
     #[test]
     fn diff_against_a_state_vector_is_what_the_peer_lacks() {
         let a = new_doc();
-        insert_text(&a, "d", "content", 0, "hello").expect("i");
+        insert(&a, 0, "hello");
         let b = load("d", Some(&state(&a)), []).expect("copy");
-        insert_text(&a, "d", "content", 5, " world").expect("i");
+        insert(&a, 5, " world");
         let d = diff(&a, &state_vector(&b)).expect("diff");
         assert!(d.len() < state(&a).len());
         apply_stored(&b, "d", [d.as_slice()]).expect("apply");
-        assert_eq!(read_text(&b, "d", "content").expect("t"), "hello world");
+        assert_eq!(text(&b), "hello world");
         assert!(matches!(
             diff(&a, &[0xff, 0xff]),
             Err(CollabError::MalformedStateVector(_))
@@ -1125,14 +600,10 @@ mod tests {
     #[test]
     fn merged_batch_equals_its_parts() {
         let a = new_doc();
-        let u1 = insert_text(&a, "d", "content", 0, "x")
-            .expect("i")
-            .expect("u");
-        let u2 = insert_text(&a, "d", "content", 1, "y")
-            .expect("i")
-            .expect("u");
+        let u1 = insert(&a, 0, "x");
+        let u2 = insert(&a, 1, "y");
         let merged = merge_updates(&[&u1, &u2]).expect("merges");
         let b = load("d", Some(&merged), []).expect("load");
-        assert_eq!(read_text(&b, "d", "content").expect("t"), "xy");
+        assert_eq!(text(&b), "xy");
     }
 }

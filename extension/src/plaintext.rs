@@ -5,8 +5,9 @@
 use yrs::types::text::YChange;
 use yrs::{Any, Doc, Out, ReadTxn, Text, Transact, XmlFragment, XmlOut};
 
+use crate::content::{self, Root};
 use crate::error::{CollabError, Result};
-use crate::merge::{self, Root};
+use crate::merge;
 
 /// Most bytes of text indexed per document. PostgreSQL refuses a tsvector over 1 MB; 256 kB of
 /// text stays well under it whatever the words, and is about 100 pages.
@@ -81,7 +82,7 @@ pub fn of(doc: &Doc) -> Result<String> {
             if before > 0 {
                 out.push_str("\n\n");
             }
-            match merge::root(&txn, &name) {
+            match content::root(&txn, &name) {
                 Root::Text(t) => push_text(&mut out, &txn, &t),
                 Root::XmlText(t) => push_text(&mut out, &txn, &t),
                 Root::Xml(x) => push_xml(&mut out, &txn, XmlOut::Fragment(x), MAX_BYTES),

@@ -28,8 +28,9 @@ use yrs::{
     XmlFragment, XmlFragmentRef, XmlOut,
 };
 
+use crate::content::{self, Root};
 use crate::error::{CollabError, Result};
-use crate::merge::{self, Root};
+use crate::merge;
 
 /// How long a diff may search for the smallest edit before settling for a larger one (the
 /// result is still exact, only less minimal).
@@ -196,11 +197,11 @@ fn restore_xml<R: ReadTxn>(
     let old_nodes = xml_children(old_txn, old);
     let old_keys: Vec<u64> = old_nodes
         .iter()
-        .map(|n| hash_of(merge::xml_string(old_txn, n.clone())))
+        .map(|n| hash_of(content::xml_string(old_txn, n.clone())))
         .collect();
     let now_keys: Vec<u64> = xml_children(txn, cur)
         .into_iter()
-        .map(|n| hash_of(merge::xml_string(txn, n)))
+        .map(|n| hash_of(content::xml_string(txn, n)))
         .collect();
     for op in diff_ops(&now_keys, &old_keys).iter().rev() {
         let (tag, cur_range, old_range) = op.as_tag_tuple();
@@ -324,8 +325,8 @@ pub fn restore(cur: &Doc, old: &Doc, doc_name: &str) -> Result<Option<Vec<u8>>> 
         let mut names: BTreeSet<String> = old_txn.root_refs().map(|(n, _)| n.to_string()).collect();
         names.extend(txn.root_refs().map(|(n, _)| n.to_string()));
         for name in &names {
-            let then = merge::root(&old_txn, name);
-            let now = merge::root(&txn, name);
+            let then = content::root(&old_txn, name);
+            let now = content::root(&txn, name);
             let open = matches!(now, Root::Missing | Root::Empty);
             match then {
                 Root::Missing | Root::Empty => clear(&mut txn, now),
@@ -419,7 +420,7 @@ mod tests {
             p.insert(&mut txn, 0, XmlTextPrelim::new("one"));
         }
         let old = copy(&doc);
-        let before = merge::to_json(&doc).unwrap();
+        let before = content::to_json(&doc).unwrap();
         {
             let mut txn = doc.transact_mut();
             let t = txn.get_or_insert_text("content");
@@ -441,10 +442,10 @@ mod tests {
         let update = restore(&doc, &old, "d").unwrap().unwrap();
         apply(&peer, &update);
         for d in [&doc, &peer] {
-            let mut now = merge::to_json(d).unwrap();
+            let mut now = content::to_json(d).unwrap();
             now.as_object_mut().unwrap().remove("notes");
             assert_eq!(now, before);
-            assert_eq!(merge::read_text(d, "d", "notes").unwrap(), "");
+            assert_eq!(content::read_text(d, "d", "notes").unwrap(), "");
         }
         // Formatting came back too: "Hello" is bold again.
         let txn = doc.transact();

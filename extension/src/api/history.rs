@@ -8,7 +8,7 @@ use super::{doc_name, field_name, guarded};
 use crate::error::{required, CollabError, OrRaise, Result};
 use crate::rights::{self, Right};
 use crate::storage::{self, DocRow};
-use crate::{cache, merge, notify};
+use crate::{cache, content, merge, notify};
 
 pub(super) fn seq_in_range(row: &DocRow, seq: i64) -> Result<()> {
     if seq < 0 || seq > row.head_seq {
@@ -87,7 +87,7 @@ fn text_at(
         let name = doc_name(doc)?;
         let seq = required(seq, "seq")?;
         let field = field_name(field)?;
-        merge::read_text(&doc_at(name, seq)?, name, field)
+        content::read_text(&doc_at(name, seq)?, name, field)
     })()
     .or_raise()
 }

@@ -4,7 +4,7 @@ use pgrx::prelude::*;
 
 use super::{doc_name, field_name, read};
 use crate::error::{required, OrRaise};
-use crate::merge;
+use crate::{content, merge};
 
 /// The whole document as one Yjs v1 update.
 #[pg_extern(stable)]
@@ -40,7 +40,7 @@ fn text(doc: Option<&str>, field: default!(Option<&str>, "'content'")) -> String
     (|| {
         let name = doc_name(doc)?;
         let field = field_name(field)?;
-        read(name, |d| merge::read_text(d, name, field))
+        read(name, |d| content::read_text(d, name, field))
     })()
     .or_raise()
 }
@@ -49,7 +49,7 @@ fn text(doc: Option<&str>, field: default!(Option<&str>, "'content'")) -> String
 #[pg_extern(stable)]
 #[search_path(pg_catalog, pg_temp)]
 fn to_json(doc: Option<&str>) -> pgrx::JsonB {
-    (|| read(doc_name(doc)?, merge::to_json))()
+    (|| read(doc_name(doc)?, content::to_json))()
         .map(pgrx::JsonB)
         .or_raise()
 }

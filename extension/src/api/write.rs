@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use super::{check_author, doc_name, field_name, guarded, write, Batch};
 use crate::error::{required, CollabError, OrRaise, Result};
 use crate::rights::Right;
-use crate::{guc, merge, storage};
+use crate::{edit, guc, merge, storage};
 
 /// Validates, integrates and appends a batch under one lock, one sequence range and one
 /// notification. Returns the last sequence assigned.
@@ -133,7 +133,7 @@ fn insert_text(
         let position = required(position, "position")?;
         let value = required(value, "text")?;
         write(name, None, |d, _| {
-            Ok(merge::insert_text(d, name, field, i64::from(position), value)?.map(Batch::from))
+            Ok(edit::insert_text(d, name, field, i64::from(position), value)?.map(Batch::from))
         })
     })()
     .or_raise()
@@ -155,7 +155,7 @@ fn delete_text(
         let length = required(length, "length")?;
         write(name, None, |d, _| {
             Ok(
-                merge::delete_text(d, name, field, i64::from(position), i64::from(length))?
+                edit::delete_text(d, name, field, i64::from(position), i64::from(length))?
                     .map(Batch::from),
             )
         })
@@ -172,7 +172,7 @@ fn set_text(doc: Option<&str>, field: Option<&str>, new_text: Option<&str>) -> i
         let field = field_name(field)?;
         let new_text = required(new_text, "new_text")?;
         write(name, None, |d, _| {
-            Ok(merge::set_text(d, name, field, new_text)?.map(Batch::from))
+            Ok(edit::set_text(d, name, field, new_text)?.map(Batch::from))
         })
     })()
     .or_raise()

@@ -49,7 +49,12 @@ kill_node() { # name
     k="$(keeper_pid "$1" || true)"
     if [ -n "$k" ]; then kill -KILL -- "-$k" 2>/dev/null || kill -KILL "$k" 2>/dev/null || true; fi
     p="$(head -1 "$dir/$1/postmaster.pid" 2>/dev/null || true)"
-    if [ -n "$p" ]; then kill -KILL "$p" 2>/dev/null || true; fi
+    if [ -n "$p" ]; then
+        # The postmaster's children too, as on a lost machine: its logger and pg_auto_failover's
+        # health-check worker do not exit when the postmaster dies, and outlived the tests.
+        # shellcheck disable=SC2046
+        kill -KILL "$p" $(pgrep -P "$p") 2>/dev/null || true
+    fi
 }
 
 wait_for() { # what seconds command...

@@ -5,8 +5,9 @@
 //! through the same harnesses as collab-bridge.
 //!
 //! Client → server bytes wait `--delay-us` (measured from when the proxy read them, on a
-//! thread that sleeps until they are due); server → client bytes pass at once. Each direction
-//! of each connection has its own threads, so one connection never waits for another.
+//! thread that sleeps until they are due); server → client bytes are copied as they are read.
+//! Each direction of each connection has its own threads, so one connection never waits for
+//! another.
 //! Usage: delay --listen 127.0.0.1:PORT --to 127.0.0.1:PORT --delay-us 1100
 
 use std::io::{Read, Write};
@@ -63,13 +64,17 @@ fn proxy(client: TcpStream, server: TcpStream, delay: Duration) {
     let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    // Server → client: as it comes.
-    thread::spawn(move || copy(s2, c2, Duration::ZERO));
-    copy(client, server, delay);
+    // Server → client: as it comes, with no queue and no second thread.
+    thread::spawn(move || {
+        let (mut from, mut to) = (s2, c2);
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+    delayed_copy(client, server, delay);
 }
 
 /// Copies `from` to `to`, each read held until `delay` after it was read.
-fn copy(mut from: TcpStream, to: TcpStream, delay: Duration) {
+fn delayed_copy(mut from: TcpStream, to: TcpStream, delay: Duration) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let writer = thread::spawn(move || {
         let mut to = to;
